@@ -1,0 +1,64 @@
+"""napari-conch: CONCH zero-shot pathology on whole-slide images, in napari and from Python.
+
+The public names (DESIGN §2) are imported on first use, so ``import napari_conch`` stays
+cheap for napari's plugin discovery and for command-line start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0.dev0"
+
+# Library code logs; applications decide where logs go.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_LAZY = {
+    "load_model": "napari_conch.models",
+    "available_models": "napari_conch.models",
+    "ImageTextModel": "napari_conch.models",
+    "ConchModel": "napari_conch.models",
+    "NapariConchError": "napari_conch.errors",
+    "CheckpointError": "napari_conch.errors",
+    "WeightsNotFoundError": "napari_conch.errors",
+    "TokenizerNotFoundError": "napari_conch.errors",
+    "UnknownModelError": "napari_conch.errors",
+}
+
+__all__ = [  # noqa: RUF022 - public API first, then errors
+    "ConchModel",
+    "ImageTextModel",
+    "available_models",
+    "load_model",
+    "CheckpointError",
+    "NapariConchError",
+    "TokenizerNotFoundError",
+    "UnknownModelError",
+    "WeightsNotFoundError",
+    "__version__",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import (
+        CheckpointError,
+        NapariConchError,
+        TokenizerNotFoundError,
+        UnknownModelError,
+        WeightsNotFoundError,
+    )
+    from .models import ConchModel, ImageTextModel, available_models, load_model
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_conch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
