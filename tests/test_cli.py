@@ -1,0 +1,84 @@
+"""The ``napari-conch`` command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from napari_conch.cli import main
+
+
+def test_console_script_help():
+    exe = shutil.which("napari-conch") or shutil.which(
+        "napari-conch", path=str(sys.prefix) + "/bin"
+    )
+    assert exe, "the napari-conch console script is not installed"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "info" in out.stdout and "demo" in out.stdout
+
+
+@pytest.mark.parametrize("command", ["info", "demo"])
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "example" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().out
+
+
+def test_info_reports_missing_weights_without_crashing(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "CONCH weights: not found" in out
+    assert "huggingface.co/MahmoodLab/conch" in out
+    assert "CONCH tokenizer:" in out and "conch_byte_level_bpe_uncased.json" in out
+
+
+def test_info_reports_weights_from_the_environment(tiny_checkpoint, monkeypatch, capsys):
+    monkeypatch.setenv("NAPARI_CONCH_CHECKPOINT", str(tiny_checkpoint))
+    assert main(["info"]) == 0
+    assert f"CONCH weights: {tiny_checkpoint} ($NAPARI_CONCH_CHECKPOINT)" in capsys.readouterr().out
+
+
+def test_demo_on_an_untrained_model_says_so(tmp_path, capsys):
+    out_file = tmp_path / "demo.json"
+    code = main(["demo", "--model", "conch_tiny", "--checkpoint", "random", "-o", str(out_file)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "UNTRAINED MODEL" in captured.err
+    assert "[UNTRAINED" in captured.out
+    payload = json.loads(out_file.read_text())
+    assert payload["trained"] is False and "not a result" in payload["note"]
+    assert len(payload["tiles"]) == 4
+    for tile in payload["tiles"]:
+        assert abs(sum(tile["probabilities"].values()) - 1) < 1e-5
+        assert tile["call"] == max(tile["probabilities"], key=tile["probabilities"].get)
+
+
+def test_demo_with_trained_weights_has_no_banner(tiny_checkpoint, capsys):
+    assert main(["demo", "--model", "conch_tiny", "--checkpoint", str(tiny_checkpoint)]) == 0
+    captured = capsys.readouterr()
+    assert "UNTRAINED" not in captured.err + captured.out
+
+
+def test_demo_with_a_missing_checkpoint_fails_clearly(tmp_path, capsys):
+    assert main(["demo", "--checkpoint", str(tmp_path / "missing.bin")]) == 1
+    assert "missing.bin does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_without_weights_falls_back_loudly(capsys):
+    """The README's main job on a machine without CONCH weights: full-size untrained model."""
+    assert main(["demo"]) == 0
+    captured = capsys.readouterr()
+    assert "UNTRAINED MODEL" in captured.err
+    assert "ConchModel(name='conch', UNTRAINED" in captured.out
