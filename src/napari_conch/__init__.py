@@ -16,6 +16,11 @@ __version__ = "0.1.0.dev0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
+    "open_slide": "napari_conch.slide",
+    "Slide": "napari_conch.slide",
+    "tissue_mask": "napari_conch.tissue",
+    "TissueMask": "napari_conch.tissue",
+    "synthetic_slide": "napari_conch.synthetic",
     "load_model": "napari_conch.models",
     "available_models": "napari_conch.models",
     "ImageTextModel": "napari_conch.models",
@@ -25,15 +30,24 @@ _LAZY = {
     "WeightsNotFoundError": "napari_conch.errors",
     "TokenizerNotFoundError": "napari_conch.errors",
     "UnknownModelError": "napari_conch.errors",
+    "SlideReadError": "napari_conch.errors",
+    "MissingMppError": "napari_conch.errors",
 }
 
 __all__ = [  # noqa: RUF022 - public API first, then errors
+    "Slide",
+    "TissueMask",
+    "open_slide",
+    "synthetic_slide",
+    "tissue_mask",
     "ConchModel",
     "ImageTextModel",
     "available_models",
     "load_model",
     "CheckpointError",
+    "MissingMppError",
     "NapariConchError",
+    "SlideReadError",
     "TokenizerNotFoundError",
     "UnknownModelError",
     "WeightsNotFoundError",
@@ -43,12 +57,17 @@ __all__ = [  # noqa: RUF022 - public API first, then errors
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import (
         CheckpointError,
+        MissingMppError,
         NapariConchError,
+        SlideReadError,
         TokenizerNotFoundError,
         UnknownModelError,
         WeightsNotFoundError,
     )
     from .models import ConchModel, ImageTextModel, available_models, load_model
+    from .slide import Slide, open_slide
+    from .synthetic import synthetic_slide
+    from .tissue import TissueMask, tissue_mask
 
 
 def __getattr__(name: str):

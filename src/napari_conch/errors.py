@@ -29,3 +29,11 @@ class UnknownModelError(NapariConchError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
         return str(self.args[0]) if self.args else ""
+
+
+class SlideReadError(NapariConchError, OSError):
+    """A slide or image file cannot be opened or read; the message names the file and why."""
+
+
+class MissingMppError(NapariConchError, ValueError):
+    """An analysis needs the slide's µm per pixel, which the file does not record."""

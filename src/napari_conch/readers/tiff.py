@@ -1,0 +1,361 @@
+"""TIFF-family slides through tifffile: SVS, NDPI, OME-TIFF, BigTIFF, plain and tiled TIFF.
+
+Regions are read by fetching only the tiles (or strips) they touch with ``os.pread`` — no
+file-position lock, so reader threads run in parallel — and decoding them with tifffile's
+own decoder (imagecodecs; the GIL is released while decoding). Decoded segments are kept
+in a small LRU, because neighbouring regions share them. Layouts this fast path does not
+handle (focal-plane stacks, unusual segment grids) fall back to tifffile's zarr store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+from .base import (
+    BACKGROUND,
+    Backend,
+    LevelReader,
+    SegmentCache,
+    chunks_for,
+    to_rgb_uint8,
+    valid_mpp,
+)
+
+logger = logging.getLogger(__name__)
+
+_UNIT_TO_UM = {
+    "m": 1e6, "dm": 1e5, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0,
+    "micrometer": 1.0, "micron": 1.0, "nm": 1e-3, "nanometer": 1e-3, "pm": 1e-6,
+    "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6, "a": 1e-4, "å": 1e-4,
+}  # fmt: skip
+
+
+def open_tiff(path: Path) -> Backend:
+    """Open a TIFF-family file. Raises tifffile/OS errors for the caller to translate."""
+    import tifffile
+
+    tif = tifffile.TiffFile(path)
+    try:
+        series = _main_series(tif)
+        cache = SegmentCache()
+        note: dict = {}
+        fd = _open_fd(path, tif)
+        levels: list[LevelReader] = []
+        for index, level in enumerate(series.levels):
+            reader = _fast_reader(tif, level, fd, cache, note, index)
+            if reader is None:
+                reader = _ZarrLevelReader(series, index, note)
+            levels.append(reader)
+        levels = _ordered_levels(levels)
+        mpp, mpp_source = _tiff_mpp(tif, series, path)
+        metadata = _tiff_metadata(tif, series)
+    except Exception:
+        tif.close()
+        raise
+    metadata["pixel_conversion"] = note
+
+    def close():
+        if fd is not None:
+            os.close(fd)
+        tif.close()
+
+    return Backend("tifffile", levels, mpp, mpp_source, metadata, closer=close)
+
+
+def _main_series(tif):
+    """The image series that is the slide: the first, unless another one is larger."""
+    candidates = [s for s in tif.series if s.shape and "Y" in s.axes and "X" in s.axes]
+    if not candidates:
+        raise ValueError("the file holds no 2-D image")
+    first = candidates[0]
+
+    def area(s):
+        return s.shape[s.axes.index("Y")] * s.shape[s.axes.index("X")]
+
+    best = max(candidates, key=area)
+    return first if area(first) >= area(best) else best
+
+
+def _ordered_levels(levels: list[LevelReader]) -> list[LevelReader]:
+    """Largest first, dropping any level that is not smaller than the one before."""
+    levels = sorted(levels, key=lambda r: -r.shape[0] * r.shape[1])
+    kept = [levels[0]]
+    for reader in levels[1:]:
+        if reader.shape[0] < kept[-1].shape[0] and reader.shape[1] < kept[-1].shape[1]:
+            kept.append(reader)
+    return kept
+
+
+def _open_fd(path: Path, tif) -> int | None:
+    # pread on our own descriptor: thread-safe, no shared file position. Not on Windows, and
+    # not for TIFFs embedded at an offset inside another file.
+    if not hasattr(os, "pread") or getattr(tif.filehandle, "offset", 0):
+        return None
+    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+
+def _fast_reader(tif, level, fd, cache, note, index) -> LevelReader | None:
+    axes = level.axes
+    pages = list(level.pages)
+    keyframe = level.keyframe
+    if keyframe is None or pages[0] is None:
+        return None
+    leading = [a for a in axes if a not in "YXS"]
+    sizes = dict(zip(axes, level.shape, strict=True))
+    channel_pages = [pages[0]]
+    if leading == ["C"] and sizes["C"] in (3, 4) and "S" not in axes:
+        channel_pages = pages[: sizes["C"]]  # OME-style: one page per colour channel
+    elif any(sizes[a] > 1 for a in leading):
+        if leading and sizes.get("C", 1) == 1:
+            note.setdefault("converted", set()).add(f"first plane of {''.join(leading)} stack used")
+            channel_pages = [pages[0]]
+        else:
+            return None
+    if keyframe.shaped[1] != 1:  # volumetric tiles
+        return None
+    try:
+        return _TiffLevelReader(tif, keyframe, channel_pages, fd, cache, note, index)
+    except _Unsupported:
+        return None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _TiffLevelReader(LevelReader):
+    def __init__(self, tif, keyframe, pages, fd, cache, note, index):
+        self._tif = tif
+        self._keyframe = keyframe
+        self._pages = pages
+        self._fd = fd
+        self._cache = cache
+        self._note = note
+        self._index = index
+        height, width = keyframe.imagelength, keyframe.imagewidth
+        if keyframe.is_tiled:
+            seg = (keyframe.tilelength, keyframe.tilewidth)
+        else:
+            seg = (min(keyframe.rowsperstrip or height, height), width)
+        self._seg = seg
+        self._rows = math.ceil(height / seg[0])
+        self._cols = math.ceil(width / seg[1])
+        self._planes = keyframe.shaped[0]
+        self._samples = keyframe.shaped[-1]
+        expected = self._planes * self._rows * self._cols
+        for page in pages:
+            if len(page.dataoffsets) != expected:
+                raise _Unsupported
+        self._decodeargs = {"_fullsize": bool(keyframe.is_tiled)}
+        if keyframe.compression in {6, 7, 34892, 33007}:  # JPEG flavours
+            self._decodeargs["jpegtables"] = keyframe.jpegtables
+            self._decodeargs["jpegheader"] = keyframe.jpegheader
+        keyframe.init_decode()
+        self._decode = keyframe.decode
+        self._dtype = keyframe.dtype
+        self._file_lock = threading.Lock()
+        super().__init__((height, width), chunks_for(seg, (height, width)))
+
+    def _read(self, y0, y1, x0, x1):
+        sh, sw = self._seg
+        r0, r1 = y0 // sh, (y1 - 1) // sh
+        c0, c1 = x0 // sw, (x1 - 1) // sw
+        channels = self._samples * self._planes * len(self._pages)
+        out = np.empty((y1 - y0, x1 - x0, channels), self._dtype)
+        for p_i, page in enumerate(self._pages):
+            for plane in range(self._planes):
+                for r in range(r0, r1 + 1):
+                    for c in range(c0, c1 + 1):
+                        index = (plane * self._rows + r) * self._cols + c
+                        segment, (sy, sx) = self._segment(p_i, page, index)
+                        ch0 = (p_i * self._planes + plane) * self._samples
+                        ty0, tx0 = max(y0, sy), max(x0, sx)
+                        ty1 = min(y1, sy + segment.shape[0])
+                        tx1 = min(x1, sx + segment.shape[1])
+                        if ty1 > ty0 and tx1 > tx0:
+                            out[
+                                ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0, ch0 : ch0 + self._samples
+                            ] = segment[ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx]
+        return to_rgb_uint8(out, self._note)
+
+    def _segment(self, p_i, page, index):
+        return self._cache.get_or_compute(
+            (self._index, p_i, index), lambda: self._decode_segment(page, index)
+        )
+
+    def _decode_segment(self, page, index):
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        data = self._read_bytes(offset, count) if count else None
+        self._count(1, count)
+        decoded, position, shape = self._decode(data, index, **self._decodeargs)
+        sy, sx = position[2], position[3]
+        if decoded is None:  # sparse file: a segment that was never written
+            decoded = np.full((shape[1], shape[2], shape[3]), _fill(self._dtype), self._dtype)
+        else:
+            decoded = decoded[0]
+        return _CacheEntry(decoded, sy, sx)
+
+    def _read_bytes(self, offset: int, count: int) -> bytes:
+        if self._fd is not None:
+            data = os.pread(self._fd, count, offset)
+        else:
+            fh = self._tif.filehandle
+            with self._file_lock:
+                fh.seek(offset)
+                data = fh.read(count)
+        if len(data) != count:
+            raise OSError(
+                f"the file ends early: a segment at byte {offset} needs {count} bytes but only "
+                f"{len(data)} are there (truncated download?)"
+            )
+        return data
+
+
+class _CacheEntry(tuple):
+    """(decoded segment, (y, x)) with the ``nbytes`` the cache accounts with."""
+
+    def __new__(cls, decoded, sy, sx):
+        entry = super().__new__(cls, (decoded, (sy, sx)))
+        entry.nbytes = decoded.nbytes
+        return entry
+
+
+def _fill(dtype) -> int | float:
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return BACKGROUND
+    if np.issubdtype(dtype, np.integer):
+        return np.iinfo(dtype).max
+    return 1.0
+
+
+class _ZarrLevelReader(LevelReader):
+    """Fallback through tifffile's zarr store for layouts the fast path does not handle."""
+
+    def __init__(self, series, index, note):
+        import zarr
+
+        level = series.levels[index]
+        self._store = series.aszarr(level=index, fillvalue=None)
+        self._array = zarr.open_array(self._store, mode="r")
+        self._axes = level.axes
+        self._note = note
+        ys, xs = self._axes.index("Y"), self._axes.index("X")
+        shape = (level.shape[ys], level.shape[xs])
+        chunk = self._array.chunks
+        super().__init__(shape, chunks_for((chunk[ys], chunk[xs]), shape))
+
+    def _read(self, y0, y1, x0, x1):
+        key = []
+        for axis in self._axes:
+            if axis == "Y":
+                key.append(slice(y0, y1))
+            elif axis == "X":
+                key.append(slice(x0, x1))
+            elif axis in "SC":
+                key.append(slice(None))
+            else:
+                key.append(0)
+        data = np.asarray(self._array[tuple(key)])
+        kept = [a for a in self._axes if a in "YXSC"]
+        order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a in "SC"]
+        data = data.transpose(order)
+        if data.ndim == 4:  # both C and S: keep the first plane of samples
+            data = data[:, :, 0]
+        self._count(1, data.nbytes)
+        return to_rgb_uint8(data, self._note)
+
+
+# -- metadata ------------------------------------------------------------------------------
+
+
+def _tiff_mpp(tif, series, path) -> tuple[float | None, str | None]:
+    """µm per level-0 pixel from SVS, OME or resolution tags, in that order of trust."""
+    page = series.levels[0].keyframe
+    if tif.is_svs:
+        match = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
+        if match:
+            mpp = valid_mpp(match.group(1), "the Aperio MPP field", path)
+            if mpp:
+                return mpp, "SVS MPP"
+    if tif.is_ome and tif.ome_metadata:
+        mpp = _ome_mpp(tif.ome_metadata, path)
+        if mpp:
+            return mpp, "OME PhysicalSizeX"
+    return _resolution_tag_mpp(page, path)
+
+
+def _ome_mpp(xml: str, path) -> float | None:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        logger.warning("%s: OME-XML metadata is not valid XML; ignoring it.", Path(path).name)
+        return None
+    for element in root.iter():
+        if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
+            unit = element.attrib.get("PhysicalSizeXUnit", "µm")
+            factor = _UNIT_TO_UM.get(unit.strip().lower().replace("micron", "micrometer"))
+            factor = factor if factor is not None else _UNIT_TO_UM.get(unit.strip())
+            if factor is None:
+                logger.warning(
+                    "%s: unknown OME unit %r; ignoring the pixel size.", Path(path).name, unit
+                )
+                return None
+            return valid_mpp(
+                float(element.attrib["PhysicalSizeX"]) * factor, "OME PhysicalSizeX", path
+            )
+    return None
+
+
+def _resolution_tag_mpp(page, path) -> tuple[float | None, str | None]:
+    tags = page.tags
+    res = tags.get("XResolution")
+    unit = tags.get("ResolutionUnit")
+    if res is None or unit is None:
+        return None, None
+    value = res.value
+    per_unit = value[0] / value[1] if isinstance(value, tuple) and value[1] else float(value)
+    if not per_unit or per_unit <= 0:
+        return None, None
+    unit_value = int(getattr(unit.value, "value", unit.value))
+    if unit_value == 3:  # centimetre
+        mpp = 1e4 / per_unit
+    elif unit_value == 2:  # inch
+        mpp = 25400.0 / per_unit
+    else:  # no absolute unit
+        return None, None
+    mpp = valid_mpp(mpp, "the TIFF resolution tags", path)
+    return (mpp, "TIFF resolution tags") if mpp else (None, None)
+
+
+def _tiff_metadata(tif, series) -> dict:
+    page = series.levels[0].keyframe
+    vendor = (
+        "aperio" if tif.is_svs else "hamamatsu" if tif.is_ndpi else "ome" if tif.is_ome else None
+    )
+    vendor = vendor or ("leica" if tif.is_scn else "generic-tiff")
+    objective = None
+    if tif.is_svs:
+        match = re.search(r"AppMag\s*=\s*([0-9.]+)", page.description or "")
+        objective = float(match.group(1)) if match else None
+    elif tif.is_ndpi:
+        tag = page.tags.get("Magnification") or page.tags.get(65421)
+        objective = float(tag.value) if tag is not None else None
+    return {
+        "vendor": vendor,
+        "objective_power": objective,
+        "origin_px": (0, 0),
+        "pyramid_source": "file" if len(series.levels) > 1 else "single level",
+        "series": series.name or None,
+        "compression": getattr(page.compression, "name", str(page.compression)).lower(),
+        "tile_shape": (page.tilelength, page.tilewidth) if page.is_tiled else None,
+        "strip_rows": None if page.is_tiled else page.rowsperstrip,
+    }

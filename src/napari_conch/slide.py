@@ -1,0 +1,441 @@
+"""Whole-slide images as lazy, correctly scaled pyramids.
+
+:func:`open_slide` reads only the file's headers; pixels are read when a region is asked
+for, through :meth:`Slide.read_region` or the dask arrays in :attr:`Slide.levels`, whose
+chunks are whole native tiles of the file. A :class:`Slide` pickles by path, so it travels
+cheaply to dask workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MissingMppError, SlideReadError
+from .readers.base import MPP_RANGE, ArraySource, Backend, LevelReader
+from .readers.image import IMAGE_SUFFIXES, ArrayLevel, DownsampledLevel, open_image
+from .readers.omezarr import is_ome_zarr, open_ome_zarr
+from .readers.openslide_reader import INSTALL_HINT, open_openslide, openslide_available
+from .readers.tiff import open_tiff
+
+logger = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".tf2", ".qptiff", ".ptif"}
+# Formats only OpenSlide reads, and TIFF-based ones it reads better than a generic reader.
+OPENSLIDE_SUFFIXES = {".mrxs", ".vms", ".vmu", ".svslide", ".scn", ".bif"}
+ZARR_SUFFIXES = {".zarr", ".ome.zarr"}
+SUPPORTED_SUFFIXES = TIFF_SUFFIXES | OPENSLIDE_SUFFIXES | IMAGE_SUFFIXES | ZARR_SUFFIXES
+BACKENDS = ("auto", "tifffile", "openslide", "ome-zarr", "image")
+# Images stored without a pyramid get coarser levels computed on demand above this size.
+_COMPUTED_PYRAMID_ABOVE = 4096
+_COMPUTED_PYRAMID_UNTIL = 1024
+
+_MAGIC = {
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+    b"II+\x00": "tiff",
+    b"MM\x00+": "tiff",
+    b"\x89PNG": "image",
+    b"\xff\xd8\xff": "image",
+    b"BM": "image",
+    b"GIF8": "image",
+}
+
+
+class Slide:
+    """A lazily read whole-slide image (or any RGB image) with its pixel size.
+
+    Attributes
+    ----------
+    levels : list of dask.array.Array
+        (H, W, 3) uint8, finest first; chunks are whole native tiles of the file.
+    mpp : float or None
+        µm per level-0 pixel; None when the file does not say (pass ``mpp=`` to
+        :func:`open_slide`). Nothing assumes a default.
+    downsamples : list of float
+        Level-0 pixels per pixel of each level.
+    shape : tuple of int
+        (height, width) of level 0 in pixels.
+    metadata : dict
+        ``vendor``, ``objective_power``, ``origin_px`` (offset of the scanned area, level-0
+        px), ``pyramid_source`` ("file", "computed" or "single level"), ``mpp_source``,
+        ``backend`` and format details.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        path: str | os.PathLike | None = None,
+        mpp: float | None = None,
+        name: str | None = None,
+        _reopen: tuple | None = None,
+    ):
+        self._backend = backend
+        self.path = Path(path) if path is not None else None
+        self.name = name or (self.path.name if self.path else "image")
+        self._mpp_override = _check_mpp(mpp)
+        self._reopen = _reopen
+        readers = list(backend.levels)
+        pyramid_source = backend.metadata.get("pyramid_source", "file")
+        if len(readers) == 1 and max(readers[0].shape) > _COMPUTED_PYRAMID_ABOVE:
+            factor = 4
+            while max(readers[0].shape) // factor >= _COMPUTED_PYRAMID_UNTIL:
+                readers.append(DownsampledLevel(readers[0], factor))
+                factor *= 4
+            pyramid_source = "computed"
+        self._readers: list[LevelReader] = readers
+        for i, reader in enumerate(readers):
+            reader.label = f"{self.name} level {i}"
+        self.shape: tuple[int, int] = readers[0].shape
+        H, W = self.shape
+        self._factors = [(H / r.shape[0], W / r.shape[1]) for r in readers]
+        self.downsamples: list[float] = [(fy + fx) / 2 for fy, fx in self._factors]
+        self.mpp: float | None = self._mpp_override if self._mpp_override else backend.mpp
+        self.levels = [self._dask_level(i, r) for i, r in enumerate(readers)]
+        note = backend.metadata.get("pixel_conversion")
+        if isinstance(note, dict):
+            note["label"] = self.name
+        self.metadata: dict = {
+            **{k: v for k, v in backend.metadata.items() if k != "pixel_conversion"},
+            "backend": backend.name,
+            "pyramid_source": pyramid_source,
+            "mpp_source": "argument" if self._mpp_override else backend.mpp_source,
+            "level_shapes": [r.shape for r in readers],
+        }
+        if (
+            self._mpp_override
+            and backend.mpp
+            and not math.isclose(self._mpp_override, backend.mpp, rel_tol=0.01)
+        ):
+            logger.info(
+                "%s: using mpp=%.4g µm/px given by the caller instead of the file's %.4g.",
+                self.name,
+                self._mpp_override,
+                backend.mpp,
+            )
+        if self.mpp is None:
+            logger.warning(
+                "%s: the file records no µm/px. Analyses that need it will stop until you "
+                "pass it (open_slide(path, mpp=...), --mpp, or the widget's µm/px field).",
+                self.name,
+            )
+
+    # -- construction from memory --------------------------------------------------------
+
+    @classmethod
+    def from_array(
+        cls,
+        data,
+        mpp: float | None = None,
+        name: str = "image",
+        metadata: dict | None = None,
+    ) -> Slide:
+        """A Slide over an in-memory (numpy, dask, zarr) image or a list of pyramid levels.
+
+        Levels are (H, W), (H, W, 3) or (H, W, 4) arrays, finest first; they are converted to
+        RGB uint8 as they are read, like files.
+        """
+        arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+        if not arrays:
+            raise ValueError("from_array needs at least one array.")
+        for a in arrays:
+            if len(getattr(a, "shape", ())) not in (2, 3):
+                raise ValueError(
+                    f"Expected (H, W[, C]) arrays; got shape {getattr(a, 'shape', None)}."
+                )
+        note: dict = {}
+        levels = [ArrayLevel(a, note) for a in arrays]
+        backend = Backend(
+            "array",
+            levels,
+            None,
+            None,
+            {
+                "vendor": None,
+                "objective_power": None,
+                "origin_px": (0, 0),
+                "pyramid_source": "file" if len(levels) > 1 else "single level",
+                **(metadata or {}),
+                "pixel_conversion": note,
+            },
+        )
+        slide = cls(backend, mpp=mpp, name=name)
+        slide._arrays = arrays
+        return slide
+
+    def _dask_level(self, index: int, reader: LevelReader):
+        import dask.array as da
+
+        return da.from_array(
+            ArraySource(reader),
+            chunks=(*reader.chunks, 3),
+            name=f"{self._token()}-level{index}",
+            asarray=False,
+            fancy=False,
+            lock=False,
+            meta=np.empty((0, 0, 0), dtype=np.uint8),
+        )
+
+    def _token(self) -> str:
+        h = hashlib.blake2b(digest_size=8)
+        if self.path is not None:
+            try:
+                st = self.path.stat()
+                h.update(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(str(self.path).encode())
+        else:
+            h.update(f"{id(self)}".encode())
+        return f"slide-{h.hexdigest()}"
+
+    # -- access ---------------------------------------------------------------------------
+
+    def read_region(self, y: int, x: int, h: int, w: int, level: int = 0) -> np.ndarray:
+        """Read an (h, w, 3) uint8 region.
+
+        ``y, x`` is the top-left corner in **level-0** pixels (as in OpenSlide), ``h, w`` the
+        size in pixels **of the level**. Parts outside the image read as white.
+        """
+        if not 0 <= level < len(self._readers):
+            raise IndexError(f"{self.name} has levels 0–{len(self._readers) - 1}; got {level}.")
+        h, w = int(h), int(w)
+        if h < 0 or w < 0:
+            raise ValueError(f"Region size must be non-negative; got h={h}, w={w}.")
+        fy, fx = self._factors[level]
+        ly, lx = math.floor(y / fy), math.floor(x / fx)
+        return self._read(level, ly, ly + h, lx, lx + w)
+
+    def _read(self, level, y0, y1, x0, x1) -> np.ndarray:
+        try:
+            return self._readers[level].read(y0, y1, x0, x1)
+        except SlideReadError:
+            raise
+        except Exception as exc:  # decoder and I/O errors, with the file named
+            raise SlideReadError(
+                f"Cannot read pixels of {self._where()} (level {level}, rows {y0}–{y1}, "
+                f"columns {x0}–{x1}): {exc}"
+            ) from exc
+
+    def _where(self) -> str:
+        return str(self.path) if self.path else self.name
+
+    def level_mpp(self, level: int) -> float | None:
+        """µm per pixel of ``level`` (None when the slide's µm/px is unknown)."""
+        return None if self.mpp is None else self.mpp * self.downsamples[level]
+
+    def level_for_mpp(self, target_mpp: float, tolerance: float = 0.01) -> int:
+        """The coarsest level whose pixels are not larger than ``target_mpp`` (µm/px).
+
+        Reading from it and resizing down to ``target_mpp`` loses nothing; ``tolerance``
+        absorbs the rounding in stored downsample factors (e.g. 4.0003).
+        """
+        mpp = self.require_mpp("choosing a pyramid level")
+        best = 0
+        for i, ds in enumerate(self.downsamples):
+            if mpp * ds <= target_mpp * (1 + tolerance):
+                best = i
+        return best
+
+    def require_mpp(self, action: str = "this analysis") -> float:
+        """The slide's µm/px, or a :class:`MissingMppError` telling the user how to give it."""
+        if self.mpp is None:
+            raise MissingMppError(
+                f"{self._where()} records no pixel size (µm per pixel), and {action} needs it. "
+                "Pass it when opening: open_slide(path, mpp=0.25) — typically about 0.25 at "
+                "40× and 0.5 at 20×, see the scanner's report — or use --mpp on the command "
+                "line, or enter it in the napari widget."
+            )
+        return self.mpp
+
+    @property
+    def level_count(self) -> int:
+        return len(self._readers)
+
+    @property
+    def readers(self) -> list[LevelReader]:
+        """The per-level readers (their ``segments_read``/``bytes_read`` count storage reads)."""
+        return list(self._readers)
+
+    # -- lifetime, pickling ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file (the Slide can no longer read pixels afterwards)."""
+        self._backend.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __reduce__(self):
+        if self._reopen is not None:
+            return (_reopen, self._reopen)
+        arrays = getattr(self, "_arrays", None)
+        if arrays is None:
+            raise TypeError(f"{self!r} cannot be pickled")
+        return (_from_arrays, (arrays, self._mpp_override, self.name))
+
+    def __repr__(self) -> str:
+        mpp = f"{self.mpp:.4g} µm/px" if self.mpp else "µm/px unknown"
+        H, W = self.shape
+        levels = len(self.levels)
+        return f"Slide({self.name!r}, {H}×{W} px, {levels} levels, {mpp}, {self._backend.name})"
+
+
+def _reopen(path, mpp, backend):
+    return open_slide(path, mpp=mpp, backend=backend)
+
+
+def _from_arrays(arrays, mpp, name):
+    return Slide.from_array(arrays, mpp=mpp, name=name)
+
+
+def _check_mpp(mpp) -> float | None:
+    if mpp is None:
+        return None
+    try:
+        value = float(mpp)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"mpp must be a number of µm per pixel; got {mpp!r}.") from exc
+    lo, hi = MPP_RANGE
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(
+            f"mpp={mpp!r} µm/px is not a plausible microscope pixel size (expected {lo}–{hi}; "
+            "about 0.25 at 40× and 0.5 at 20×)."
+        )
+    return value
+
+
+def open_slide(
+    path: str | os.PathLike, mpp: float | None = None, *, backend: str = "auto"
+) -> Slide:
+    """Open a whole-slide image (or any RGB image) lazily.
+
+    Parameters
+    ----------
+    path : str or path
+        SVS, NDPI, OME-TIFF, (Big)TIFF; MRXS, VMS, SCN, BIF and other OpenSlide formats
+        (with the ``openslide`` extra); OME-Zarr directories; PNG/JPEG/BMP/WebP images.
+    mpp : float, optional
+        µm per level-0 pixel; overrides the file's value (and is needed when the file has
+        none).
+    backend : {"auto", "tifffile", "openslide", "ome-zarr", "image"}
+        Force a reader; "auto" picks by content and extension.
+
+    Raises
+    ------
+    SlideReadError
+        The file is missing, empty, truncated, unreadable or not a supported image; the
+        message names the file and the reason.
+    """
+    path = Path(path).expanduser()
+    mpp = _check_mpp(mpp)
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+    kind = _choose_backend(path) if backend == "auto" else backend
+    openers = {
+        "tifffile": open_tiff,
+        "openslide": open_openslide,
+        "ome-zarr": open_ome_zarr,
+        "image": open_image,
+    }
+    tried = [kind]
+    if kind == "tifffile" and openslide_available():
+        tried.append("openslide")  # second chance for TIFF variants tifffile cannot read
+    error: Exception | None = None
+    for name in tried:
+        try:
+            opened = openers[name](path)
+        except ImportError as exc:
+            error = exc
+            continue
+        except Exception as exc:
+            error = error or exc
+            continue
+        return Slide(opened, path=path, mpp=mpp, _reopen=(path, mpp, name))
+    raise SlideReadError(f"Cannot open {path}: {_reason(error)}") from error
+
+
+def _choose_backend(path: Path) -> str:
+    if not path.exists():
+        raise SlideReadError(f"Cannot open {path}: no such file or directory.")
+    suffix = _suffix(path)
+    if path.is_dir():
+        if is_ome_zarr(path):
+            return "ome-zarr"
+        raise SlideReadError(
+            f"Cannot open {path}: it is a directory, not an image file or an OME-Zarr image."
+        )
+    if not os.access(path, os.R_OK):
+        raise SlideReadError(f"Cannot open {path}: permission denied (the file is not readable).")
+    size = path.stat().st_size
+    if size == 0:
+        raise SlideReadError(f"Cannot open {path}: the file is empty (0 bytes).")
+    if suffix in OPENSLIDE_SUFFIXES:
+        if openslide_available():
+            return "openslide"
+        if suffix in {".scn", ".bif"}:
+            return "tifffile"
+        raise SlideReadError(f"Cannot open {path}: {INSTALL_HINT}")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except PermissionError as exc:
+        raise SlideReadError(f"Cannot open {path}: permission denied.") from exc
+    except OSError as exc:
+        raise SlideReadError(f"Cannot open {path}: {exc.strerror or exc}.") from exc
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return "tifffile" if kind == "tiff" else "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
+    if suffix in SUPPORTED_SUFFIXES:
+        raise SlideReadError(
+            f"Cannot open {path}: its content is not a {suffix} image (the file does not start "
+            "with an image signature; it may be corrupt or mislabelled)."
+        )
+    raise SlideReadError(
+        f"Cannot open {path}: not a supported slide or image format (supported: "
+        f"{', '.join(sorted(SUPPORTED_SUFFIXES))})."
+    )
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for double in (".ome.zarr", ".ome.tif", ".ome.tiff"):
+        if name.endswith(double):
+            return ".ome.zarr" if double == ".ome.zarr" else ".tif"
+    return path.suffix.lower()
+
+
+def _reason(exc: Exception | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lowered = text.lower()
+    if isinstance(exc, ImportError):
+        return text
+    if "truncat" in lowered or "unexpected end" in lowered or "ends early" in lowered:
+        return f"the file is truncated or corrupt ({text})"
+    if "not a tiff" in lowered or "invalid tiff" in lowered or "cannot identify image" in lowered:
+        return f"not a valid image file ({text})"
+    return text
+
+
+def as_slide(obj, mpp: float | None = None) -> Slide:
+    """Accept a Slide, a path, or an array (or list of levels) wherever a slide is expected."""
+    if isinstance(obj, Slide):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return open_slide(obj, mpp=mpp)
+    if hasattr(obj, "shape") or (isinstance(obj, Sequence) and obj and hasattr(obj[0], "shape")):
+        return Slide.from_array(obj, mpp=mpp)
+    raise TypeError(f"Expected a Slide, a path or an image array; got {type(obj).__name__}.")
