@@ -1,0 +1,1 @@
+"""napari contributions (reader, sample data, widgets). The only place that imports napari."""
