@@ -49,6 +49,19 @@ def test_info_reports_weights_from_the_environment(tiny_checkpoint, monkeypatch,
     assert f"CONCH weights: {tiny_checkpoint} ($NAPARI_CONCH_CHECKPOINT)" in capsys.readouterr().out
 
 
+def test_info_describes_slides_and_fails_for_unreadable_ones(tmp_path, capsys):
+    from slides import pyramid, tissue_like, write_svs
+
+    write_svs(tmp_path / "s.svs", pyramid(tissue_like(512, 768)), mpp=0.5, tile=256)
+    (tmp_path / "bad.svs").write_text("no")
+    assert main(["info", str(tmp_path / "s.svs")]) == 0
+    out = capsys.readouterr().out
+    assert "vendor: aperio" in out and "0.5 µm/px (SVS MPP)" in out
+    assert "level 1: 128 × 192 px (downsample 4, 2 µm/px)" in out
+    assert main(["info", str(tmp_path / "s.svs"), str(tmp_path / "bad.svs")]) == 1
+    assert "bad.svs: Cannot open" in capsys.readouterr().out
+
+
 def test_demo_on_an_untrained_model_says_so(tmp_path, capsys):
     out_file = tmp_path / "demo.json"
     code = main(["demo", "--model", "conch_tiny", "--checkpoint", "random", "-o", str(out_file)])
