@@ -3,6 +3,7 @@
 Examples
 --------
     napari-conch info                       # versions, devices, where weights/tokenizer are found
+    napari-conch info slide.svs             # … and what napari-conch reads from a slide
     napari-conch demo                       # zero-shot tile calls on the bundled sample image
     napari-conch demo --checkpoint random   # the same pipeline on an untrained model
 """
@@ -56,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="show versions, devices and where model weights and the tokenizer are found",
         description="Report the environment: package versions, compute devices, and which "
         "CONCH weights and tokenizer load_model would use (nothing is downloaded).",
-        epilog="example: napari-conch info",
+        epilog="examples:\n  napari-conch info\n  napari-conch info slide.svs other.ndpi",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    info.add_argument("slides", nargs="*", help="slides to describe (levels, µm/px, vendor)")
     info.set_defaults(func=cmd_info)
 
     demo = sub.add_parser(
@@ -132,7 +134,42 @@ def cmd_info(args) -> int:
         print(f"CONCH tokenizer: {find_tokenizer(None, checkpoint_path)}")
     except NapariConchError as exc:
         print(f"CONCH tokenizer: not found. {exc}")
-    return 0
+    failed = 0
+    for path in getattr(args, "slides", []):
+        failed += not _describe_slide(path)
+    return 1 if failed else 0
+
+
+def _describe_slide(path) -> bool:
+    from .errors import SlideReadError
+    from .slide import open_slide
+
+    try:
+        slide = open_slide(path)
+    except SlideReadError as exc:
+        print(f"\n{path}: {exc}")
+        return False
+    meta = slide.metadata
+    mpp = (
+        f"{slide.mpp:.4g} µm/px ({meta.get('mpp_source')})"
+        if slide.mpp
+        else "unknown (the file records none)"
+    )
+    print(f"\n{path}")
+    print(
+        f"  reader: {meta['backend']}, vendor: {meta.get('vendor')}, "
+        f"objective: {meta.get('objective_power')}"
+    )
+    print(f"  pixel size: {mpp}")
+    for i, level in enumerate(slide.levels):
+        lmpp = f", {slide.level_mpp(i):.3g} µm/px" if slide.mpp else ""
+        print(
+            f"  level {i}: {level.shape[0]} × {level.shape[1]} px (downsample "
+            f"{slide.downsamples[i]:.4g}{lmpp}), chunks {level.chunksize[:2]}"
+        )
+    print(f"  pyramid: {meta.get('pyramid_source')}")
+    slide.close()
+    return True
 
 
 def cmd_demo(args) -> int:
