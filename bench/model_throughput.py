@@ -19,7 +19,6 @@ Prints the ratios (ours / reference; ≥ 1.0 means we are faster) and writes JSO
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -31,8 +30,10 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the reference-model helpers live with the tests
 
+from _common import save_result  # noqa: E402
 from helpers import build_reference, public_state_dict, reference_pixels  # noqa: E402
 
 from napari_conch.models import load_model  # noqa: E402
@@ -139,9 +140,7 @@ def main(argv=None) -> dict:
     print(f"ratio ours/reference, model only (fp32):  {result['ratio_model']:.3f}")
     print(f"ratio ours/reference, with preprocessing: {result['ratio_pipeline']:.3f}")
     print(f"ratio ours bf16 / reference fp32:         {result['ratio_bf16_vs_reference_fp32']:.3f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_result(result, args.output)
     return result
 
 

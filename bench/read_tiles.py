@@ -12,7 +12,6 @@ run; prints tiles/s and the ratio (ours / reference), and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -24,8 +23,10 @@ import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the slide writers live with the tests
 
+from _common import save_result  # noqa: E402
 from slides import pyramid, tissue_like, write_svs  # noqa: E402
 
 from napari_conch import open_slide  # noqa: E402
@@ -139,9 +140,7 @@ def main(argv=None) -> dict:
     print(f"ratio ours ({args.workers} threads) / openslide loop: {result['ratio']:.2f}")
     print(f"ratio ours (1 thread) / openslide loop:  {result['ratio_single_thread']:.2f}")
     print(f"largest pixel difference between the readers: {max_diff}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    save_result(result, args.output)
     return result
 
 

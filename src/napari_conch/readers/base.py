@@ -31,6 +31,44 @@ MAX_CHUNK_WIDTH = 4096
 MPP_RANGE = (0.01, 50.0)
 
 
+_UNIT_TO_UM = {
+    "m": 1e6, "meter": 1e6, "dm": 1e5, "cm": 1e4, "centimeter": 1e4, "mm": 1e3,
+    "millimeter": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "pm": 1e-6, "a": 1e-4, "å": 1e-4, "angstrom": 1e-4,
+}  # fmt: skip
+
+
+def unit_to_um(unit) -> float | None:
+    """Micrometres per ``unit`` (OME/NGFF length unit names and symbols); None if unknown."""
+    if unit is None:
+        return None
+    return _UNIT_TO_UM.get(str(unit).strip().lower())
+
+
+def read_yx(array, axes: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Read [y0:y1, x0:x1] of an N-d array whose axis names are ``axes`` (e.g. "tczyx",
+    "YXS") as (h, w, channels): channel axes ("c", "s") kept (at most 4 channels), any
+    other axis at its first index."""
+    axes = axes.lower()
+    key = []
+    for axis in axes:
+        if axis == "y":
+            key.append(slice(y0, y1))
+        elif axis == "x":
+            key.append(slice(x0, x1))
+        elif axis in "cs":
+            key.append(slice(0, 4))
+        else:
+            key.append(0)
+    data = np.asarray(array[tuple(key)])
+    kept = [a for a in axes if a in "yxcs"]
+    channels = [i for i, a in enumerate(kept) if a in "cs"]
+    data = data.transpose([kept.index("y"), kept.index("x"), *channels])
+    while data.ndim > 3:  # both c and s: keep the first plane of the outer one
+        data = data[:, :, 0]
+    return data
+
+
 class LevelReader:
     """One pyramid level: ``shape`` (H, W), preferred ``chunks`` (h, w), ``read()`` a box.
 

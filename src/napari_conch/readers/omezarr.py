@@ -5,16 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from .base import Backend, LevelReader, chunks_for, to_rgb_uint8, valid_mpp
+from .base import Backend, LevelReader, chunks_for, read_yx, to_rgb_uint8, unit_to_um, valid_mpp
 
 logger = logging.getLogger(__name__)
-
-_UNIT_TO_UM = {
-    "micrometer": 1.0, "micron": 1.0, "um": 1.0, "µm": 1.0, "nanometer": 1e-3, "nm": 1e-3,
-    "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "meter": 1e6, "angstrom": 1e-4,
-}  # fmt: skip
 
 
 def is_ome_zarr(path: Path) -> bool:
@@ -68,7 +61,7 @@ def _level0_mpp(ms, dataset, axes, units, path) -> float | None:
     unit = units[xi] if xi < len(units) else None
     if not found or unit is None:
         return None
-    factor = _UNIT_TO_UM.get(str(unit).lower())
+    factor = unit_to_um(unit)
     if factor is None:
         logger.warning("%s: axis unit %r is not a length; µm/px unknown.", Path(path).name, unit)
         return None
@@ -86,19 +79,6 @@ class _ZarrLevel(LevelReader):
         super().__init__(shape, chunks_for((chunks[yi], chunks[xi]), shape))
 
     def _read(self, y0, y1, x0, x1):
-        key = []
-        for axis in self._axes:
-            if axis == "y":
-                key.append(slice(y0, y1))
-            elif axis == "x":
-                key.append(slice(x0, x1))
-            elif axis == "c":
-                key.append(slice(0, 4))
-            else:
-                key.append(0)
-        data = np.asarray(self._array[tuple(key)])
-        kept = [a for a in self._axes if a in "yxc"]
-        order = [kept.index("y"), kept.index("x")] + ([kept.index("c")] if "c" in kept else [])
-        data = data.transpose(order)
+        data = read_yx(self._array, "".join(self._axes), y0, y1, x0, x1)
         self._count(1, data.nbytes)
         return to_rgb_uint8(data, self._note)

@@ -25,17 +25,13 @@ from .base import (
     LevelReader,
     SegmentCache,
     chunks_for,
+    read_yx,
     to_rgb_uint8,
+    unit_to_um,
     valid_mpp,
 )
 
 logger = logging.getLogger(__name__)
-
-_UNIT_TO_UM = {
-    "m": 1e6, "dm": 1e5, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "μm": 1.0,
-    "micrometer": 1.0, "micron": 1.0, "nm": 1e-3, "nanometer": 1e-3, "pm": 1e-6,
-    "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6, "a": 1e-4, "å": 1e-4,
-}  # fmt: skip
 
 
 def open_tiff(path: Path) -> Backend:
@@ -254,22 +250,7 @@ class _ZarrLevelReader(LevelReader):
         super().__init__(shape, chunks_for((chunk[ys], chunk[xs]), shape))
 
     def _read(self, y0, y1, x0, x1):
-        key = []
-        for axis in self._axes:
-            if axis == "Y":
-                key.append(slice(y0, y1))
-            elif axis == "X":
-                key.append(slice(x0, x1))
-            elif axis in "SC":
-                key.append(slice(None))
-            else:
-                key.append(0)
-        data = np.asarray(self._array[tuple(key)])
-        kept = [a for a in self._axes if a in "YXSC"]
-        order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a in "SC"]
-        data = data.transpose(order)
-        if data.ndim == 4:  # both C and S: keep the first plane of samples
-            data = data[:, :, 0]
+        data = read_yx(self._array, self._axes, y0, y1, x0, x1)
         self._count(1, data.nbytes)
         return to_rgb_uint8(data, self._note)
 
@@ -302,8 +283,7 @@ def _ome_mpp(xml: str, path) -> float | None:
     for element in root.iter():
         if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
             unit = element.attrib.get("PhysicalSizeXUnit", "µm")
-            factor = _UNIT_TO_UM.get(unit.strip().lower().replace("micron", "micrometer"))
-            factor = factor if factor is not None else _UNIT_TO_UM.get(unit.strip())
+            factor = unit_to_um(unit)
             if factor is None:
                 logger.warning(
                     "%s: unknown OME unit %r; ignoring the pixel size.", Path(path).name, unit
