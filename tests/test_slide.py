@@ -263,3 +263,16 @@ def test_zarr_fallback_reads_the_same_pixels(files, kind, monkeypatch):
     slide = open_slide(path)
     for i, expected in enumerate(levels):
         np.testing.assert_array_equal(slide.levels[i].compute(), expected)
+
+
+def test_dask_levels_can_be_sent_to_other_processes(files):
+    """Levels pickle (files reopen by path, arrays travel by value), so slide.levels work on
+    a dask.distributed cluster."""
+    path, levels, _ = files["svs"]
+    slide = open_slide(path)
+    again = pickle.loads(pickle.dumps(slide.levels[1]))
+    np.testing.assert_array_equal(again.compute(), levels[1])
+    big = Slide.from_array(tissue_like(4352, 4352, seed=5), mpp=0.5)
+    assert big.metadata["pyramid_source"] == "computed"
+    coarse = pickle.loads(pickle.dumps(big.levels[1]))
+    np.testing.assert_array_equal(coarse.compute(), big.levels[1].compute())

@@ -76,8 +76,10 @@ class Slide:
         mpp: float | None = None,
         name: str | None = None,
         _reopen: tuple | None = None,
+        _arrays: list | None = None,
     ):
         self._backend = backend
+        self._arrays = _arrays
         self.path = Path(path) if path is not None else None
         self.name = name or (self.path.name if self.path else "image")
         self._mpp_override = _check_mpp(mpp)
@@ -166,15 +168,20 @@ class Slide:
                 "pixel_conversion": note,
             },
         )
-        slide = cls(backend, mpp=mpp, name=name)
-        slide._arrays = arrays
-        return slide
+        return cls(backend, mpp=mpp, name=name, _arrays=arrays)
 
     def _dask_level(self, index: int, reader: LevelReader):
         import dask.array as da
 
+        reopen = None
+        if self._reopen is not None:
+            reopen = (_level_source, (*self._reopen, index))
+        elif self._arrays is not None and index < len(self._arrays):
+            reopen = (_array_source, (self._arrays[index],))
+        elif self._arrays is not None:  # a level computed from level 0
+            reopen = (_computed_source, (self._arrays[0], reader.factor))
         return da.from_array(
-            ArraySource(reader),
+            ArraySource(reader, reopen),
             chunks=(*reader.chunks, 3),
             name=f"{self._token()}-level{index}",
             asarray=False,
@@ -278,10 +285,9 @@ class Slide:
     def __reduce__(self):
         if self._reopen is not None:
             return (_reopen, self._reopen)
-        arrays = getattr(self, "_arrays", None)
-        if arrays is None:
+        if self._arrays is None:
             raise TypeError(f"{self!r} cannot be pickled")
-        return (_from_arrays, (arrays, self._mpp_override, self.name))
+        return (_from_arrays, (self._arrays, self._mpp_override, self.name))
 
     def __repr__(self) -> str:
         mpp = f"{self.mpp:.4g} µm/px" if self.mpp else "µm/px unknown"
@@ -292,6 +298,20 @@ class Slide:
 
 def _reopen(path, mpp, backend):
     return open_slide(path, mpp=mpp, backend=backend)
+
+
+def _array_source(array):
+    return ArraySource(ArrayLevel(array, {}), (_array_source, (array,)))
+
+
+def _computed_source(array, factor):
+    reader = DownsampledLevel(ArrayLevel(array, {}), factor)
+    return ArraySource(reader, (_computed_source, (array, factor)))
+
+
+def _level_source(path, mpp, backend, level):
+    slide = open_slide(path, mpp=mpp, backend=backend)
+    return ArraySource(slide._readers[level], (_level_source, (path, mpp, backend, level)))
 
 
 def _from_arrays(arrays, mpp, name):

@@ -113,11 +113,18 @@ class LevelReader:
 class ArraySource:
     """Makes a :class:`LevelReader` look like a read-only (H, W, 3) uint8 array for dask."""
 
-    def __init__(self, reader: LevelReader):
+    def __init__(self, reader: LevelReader, reopen=None):
         self.reader = reader
         self.shape = (*reader.shape, 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
+        self._reopen = reopen  # (callable, args) giving this source again in another process
+
+    def __reduce__(self):
+        # Sent to another process (a dask.distributed worker), a level reopens its file there.
+        if self._reopen is None:
+            raise TypeError(f"{self.reader.label} cannot be sent to another process")
+        return self._reopen
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, tuple):

@@ -98,13 +98,13 @@ class DownsampledLevel(LevelReader):
 
     def __init__(self, source: LevelReader, factor: int):
         self._source = source
-        self._factor = int(factor)
+        self.factor = int(factor)
         H, W = source.shape
-        shape = (max(1, H // self._factor), max(1, W // self._factor))
+        shape = (max(1, H // self.factor), max(1, W // self.factor))
         super().__init__(shape, chunks_for((512, 512), shape))
 
     def _read(self, y0, y1, x0, x1):
-        f = self._factor
+        f = self.factor
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
         step = max(1, self._PIECE // f)
         for oy in range(y0, y1, step):
