@@ -65,3 +65,11 @@ def test_mask_without_mpp_uses_pixel_defaults(synth):
     assert mask.scale_um is None and mask.translate_um is None
     assert max(mask.mask.shape) <= 512
     assert 0.3 < mask.fraction_of_slide < 0.5
+
+
+def test_a_field_full_of_tissue_is_all_tissue():
+    """No background at all (a crop inside tissue): Otsu must not split the tissue in two."""
+    from slides import tissue_like
+
+    mask = tissue_mask(Slide.from_array(tissue_like(2048, 2048, seed=3), mpp=0.5))
+    assert mask.fraction_of_slide > 0.98

@@ -126,7 +126,12 @@ def tissue_mask(
         # (necrosis, fat, mucin) away with the background; cap it a few times above the
         # background's own saturation (the 5th percentile: slides are rarely 95 % tissue).
         background = float(np.percentile(saturation, 5))
-        threshold = max(min_saturation, min(otsu, 3.0 * background))
+        if background > 2 * min_saturation:
+            # Even the least saturated 5 % is coloured: there is no background to split off
+            # (a crop inside tissue), and Otsu would cut the tissue itself in two.
+            threshold = min_saturation
+        else:
+            threshold = max(min_saturation, min(otsu, 3.0 * background))
         mask = saturation > threshold
     fy, fx = slide._factors[level]
     downsample = (fy * factor, fx * factor)
@@ -184,8 +189,10 @@ def _read_downsampled(slide: Slide, level: int, factor: int) -> np.ndarray:
         w = (data.shape[1] // factor) * factor
         block = factor * max(1, 1024 // factor)  # chunks must be whole multiples of factor
         data = data[:h, :w].rechunk((block, block, 3))
-        data = da.coarsen(np.mean, data, {0: factor, 1: factor}, trim_excess=True)
-    return np.asarray(data.compute(), dtype=np.float32)
+        data = da.coarsen(np.mean, data, {0: factor, 1: factor}, trim_excess=True, dtype=np.float32)
+    # Threads in this process: the pixels are here, and inside a dask.distributed worker the
+    # default scheduler would ship the graph around instead.
+    return np.asarray(data.compute(scheduler="threads"), dtype=np.float32)
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
