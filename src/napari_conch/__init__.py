@@ -21,6 +21,13 @@ _LAZY = {
     "tissue_mask": "napari_conch.tissue",
     "TissueMask": "napari_conch.tissue",
     "synthetic_slide": "napari_conch.synthetic",
+    "tile_grid": "napari_conch.tiling",
+    "TileGrid": "napari_conch.tiling",
+    "embed": "napari_conch.engine",
+    "CancelToken": "napari_conch.engine",
+    "Embeddings": "napari_conch.store",
+    "CacheError": "napari_conch.store",
+    "embed_slides": "napari_conch.distributed",
     "load_model": "napari_conch.models",
     "available_models": "napari_conch.models",
     "ImageTextModel": "napari_conch.models",
@@ -35,15 +42,22 @@ _LAZY = {
 }
 
 __all__ = [  # noqa: RUF022 - public API first, then errors
+    "CancelToken",
+    "Embeddings",
     "Slide",
+    "TileGrid",
     "TissueMask",
+    "embed",
+    "embed_slides",
     "open_slide",
     "synthetic_slide",
+    "tile_grid",
     "tissue_mask",
     "ConchModel",
     "ImageTextModel",
     "available_models",
     "load_model",
+    "CacheError",
     "CheckpointError",
     "MissingMppError",
     "NapariConchError",
@@ -55,6 +69,8 @@ __all__ = [  # noqa: RUF022 - public API first, then errors
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .distributed import embed_slides
+    from .engine import CancelToken, embed
     from .errors import (
         CheckpointError,
         MissingMppError,
@@ -66,7 +82,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .models import ConchModel, ImageTextModel, available_models, load_model
     from .slide import Slide, open_slide
+    from .store import CacheError, Embeddings
     from .synthetic import synthetic_slide
+    from .tiling import TileGrid, tile_grid
     from .tissue import TissueMask, tissue_mask
 
 

@@ -1,0 +1,337 @@
+"""Tiled inference: read tiles in threads while the model computes, store features as they land.
+
+Reader threads fetch the next batches (whole native tiles, decoded with the GIL released)
+while the model runs the current one; batches travel as uint8 and are resized and
+normalised on the model's device (pinned memory and asynchronous copies on CUDA). Results
+go to the embedding cache after every batch, so an interrupted run resumes where it
+stopped. With ``region=`` (e.g. the napari viewport) the tiles there go first and the rest
+follow outward; ``region_only=True`` computes just those.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .models.protocol import check_model, is_trained
+from .slide import Slide, as_slide
+from .store import Embeddings, EmbeddingStore, cache_root, describe, slide_fingerprint
+from .tiling import TileGrid, tile_grid
+
+logger = logging.getLogger(__name__)
+
+_CPU_BATCH = 8
+_MAX_GPU_BATCH = 256
+
+
+class CancelToken:
+    """Ask a running :func:`embed` to stop after the batch in flight (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    __call__ = is_set
+
+
+def _cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def embed(
+    slide,
+    model,
+    grid: TileGrid | None = None,
+    cache="auto",
+    region=None,
+    progress: Callable[[int, int, float], None] | None = None,
+    cancel=None,
+    *,
+    region_only: bool = False,
+    tiles=None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    prefetch: int = 2,
+    dtype: str = "float32",
+    on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+) -> Embeddings:
+    """Embed the tiles of ``slide`` with ``model`` (pre-projection features), cached.
+
+    Parameters
+    ----------
+    slide : Slide or path
+    model : ImageTextModel
+    grid : TileGrid, optional
+        Defaults to ``tile_grid(slide, model)`` (model tile size, tissue only).
+    cache : "auto", path or None
+        "auto": ``$NAPARI_CONCH_CACHE`` or the user cache directory. A path: that folder.
+        None: keep features in memory only (nothing resumes).
+    region : (y0, x0, y1, x1) in µm, optional
+        Tiles intersecting it are computed first, then the others outward from its centre.
+    progress : callable(done, total, tiles_per_s), optional
+        Called after every batch; ``done`` counts tiles finished, including earlier runs.
+    cancel : CancelToken, threading.Event or callable, optional
+        When set, the run stops after the batch in flight; finished tiles stay cached.
+    region_only : bool
+        Compute only the tiles intersecting ``region``.
+    tiles : array of int, optional
+        Compute only these tile positions (used to split a slide across workers).
+    batch_size : int, optional
+        Tiles per model call (CPU: 8; GPU: from free memory).
+    workers : int, optional
+        Reader threads (default: min(4, CPU count)).
+    dtype : {"float32", "float16"}
+        Storage type of the cached features.
+    on_batch : callable(positions, features), optional
+        Called with every finished batch (for progressive display).
+
+    Returns
+    -------
+    Embeddings
+        ``complete`` is False when the run was cancelled or restricted to part of the grid.
+    """
+    slide = as_slide(slide)
+    check_model(model)
+    grid = grid if grid is not None else tile_grid(slide, model)
+    _check_grid(slide, grid)
+    if not is_trained(model):
+        logger.warning(
+            "Embedding with an UNTRAINED model: the features are for pipeline checks only."
+        )
+
+    if cache is None or cache is False:
+        store = None
+        features = np.full((len(grid), int(model.embed_dim)), np.nan, np.float32)
+        done = np.zeros(len(grid), bool)
+    else:
+        store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid, dtype)
+        done = store.done_mask()
+        features = None
+    positions = _order(grid, region, region_only, tiles)
+    todo = positions[~done[positions]] if len(positions) else positions
+    if store is not None and len(todo) and not store.claim_run() and region is None:
+        logger.info(
+            "Another process is embedding %s into this cache; starting from the other end.",
+            slide.name,
+        )
+        todo = todo[::-1]
+    total = len(positions)
+    already = total - len(todo)
+    if len(todo) == 0:
+        logger.info("All %d tiles of %s are already embedded.", total, slide.name)
+    else:
+        logger.info(
+            "Embedding %d tiles of %s (%d already cached) with %s: %r",
+            len(todo),
+            slide.name,
+            already,
+            model.name,
+            grid,
+        )
+    batch_size = int(batch_size or _auto_batch_size(model))
+    workers = int(workers or min(4, os.cpu_count() or 1))
+    if progress is not None:
+        progress(already, total, 0.0)
+
+    sink = _Sink(store, features, done)
+    try:
+        computed, cancelled = _run(
+            slide,
+            model,
+            grid,
+            todo,
+            sink,
+            batch_size,
+            workers,
+            prefetch,
+            cancel,
+            lambda n, rate: progress(min(total, already + n), total, rate) if progress else None,
+            on_batch,
+        )
+    finally:
+        if store is not None:
+            store.release_run()
+    cancelled = cancelled or (_cancelled(cancel) and computed + already < total)
+    if cancelled:
+        logger.info("Embedding cancelled after %d new tiles; they are kept.", computed)
+
+    if store is not None:
+        result = Embeddings.open(store.path, model=model)
+    else:
+        metadata = describe(slide, model, grid, slide_fingerprint(slide))
+        result = Embeddings(features, done, grid, metadata, model=model)
+    result.cancelled = cancelled
+    return result
+
+
+class _Sink:
+    """Where finished features go: the cache store, or arrays in memory."""
+
+    def __init__(self, store, features, done):
+        self.store, self.features, self.done = store, features, done
+
+    def pending(self, positions: np.ndarray) -> np.ndarray:
+        """Which of ``positions`` still need computing (another process may have done some)."""
+        if self.store is None:
+            return np.ones(len(positions), bool)
+        return ~self.store.done_mask(positions)
+
+    def put(self, positions: np.ndarray, values: np.ndarray) -> None:
+        if self.store is not None:
+            self.store.write(positions, values)
+        else:
+            self.features[positions] = values
+            self.done[positions] = True
+
+
+def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, report, on_batch):
+    """The batch loop; returns (tiles computed, cancelled)."""
+    start = time.perf_counter()
+    computed = 0
+    batches = _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model)
+    for positions, pixels in batches:
+        if _cancelled(cancel):
+            return computed, True
+        pending = sink.pending(positions)
+        positions, pixels = positions[pending], pixels[pending]
+        if len(positions) == 0:
+            continue
+        out = np.asarray(model.encode_images(pixels), dtype=np.float32)
+        if out.shape != (len(positions), int(model.embed_dim)):
+            raise ValueError(
+                f"{model.name}.encode_images returned shape {out.shape}; expected "
+                f"({len(positions)}, {model.embed_dim})."
+            )
+        sink.put(positions, out)
+        computed += len(positions)
+        if on_batch is not None:
+            on_batch(positions, out)
+        report(computed, computed / max(time.perf_counter() - start, 1e-9))
+    return computed, False
+
+
+def _check_grid(slide: Slide, grid: TileGrid) -> None:
+    if tuple(grid.slide_shape) != tuple(slide.shape) or not np.isclose(grid.mpp, slide.mpp or -1):
+        raise ValueError(
+            f"This grid was made for a {grid.slide_shape} px slide at {grid.mpp} µm/px, not for "
+            f"{slide.name} ({slide.shape} px at {slide.mpp} µm/px)."
+        )
+    if grid.level >= len(slide.levels):
+        raise ValueError(f"The grid reads level {grid.level}, which {slide.name} does not have.")
+
+
+def _order(grid: TileGrid, region, region_only: bool, tiles) -> np.ndarray:
+    """Tile positions in processing order (raster by default, viewport first with a region)."""
+    n = len(grid)
+    if tiles is not None:
+        base = np.asarray(tiles, np.int64).ravel()
+        if len(base) and (base.min() < 0 or base.max() >= n):
+            raise IndexError(f"tiles must be positions in 0…{n - 1}.")
+    else:
+        base = np.arange(n, dtype=np.int64)
+    if region is None:
+        if region_only:
+            raise ValueError("region_only=True needs a region (a µm box y0, x0, y1, x1).")
+        return base
+    y0, x0, y1, x1 = (float(v) for v in region)
+    if not (y1 > y0 and x1 > x0):
+        raise ValueError(f"region must be (y0, x0, y1, x1) with y1 > y0 and x1 > x0; got {region}.")
+    inside = np.zeros(n, bool)
+    inside[grid.tiles_in_box_um(region)] = True
+    centre = np.array([(y0 + y1) / 2, (x0 + x1) / 2]) / grid.mpp
+    tile_centres = grid.coords[base] + grid.tile_px / 2
+    distance = np.hypot(*(tile_centres - centre).T)
+    first = inside[base]
+    order = np.lexsort((distance, ~first))  # region tiles first, each group by distance
+    ordered = base[order]
+    return ordered[inside[ordered]] if region_only else ordered
+
+
+def _auto_batch_size(model) -> int:
+    device = getattr(model, "device", None)
+    if device is None or getattr(device, "type", "cpu") != "cuda":
+        return _CPU_BATCH
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    size = int(getattr(model, "input_size", 224))
+    reduced = getattr(model, "precision", "fp32") in ("bf16", "fp16")
+    # About 60 float32 input-sized planes of activations per tile at the peak of a ViT-B
+    # forward pass; half with autocast. Keep a quarter of the free memory in reserve.
+    per_tile = size * size * 3 * 4 * (30 if reduced else 60)
+    return int(max(1, min(_MAX_GPU_BATCH, 0.75 * free // per_tile)))
+
+
+def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model):
+    """Yield (positions, uint8 pixels (B, h, w, 3)) while reader threads prepare the next ones."""
+    if len(todo) == 0:
+        return
+    use_pinned = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
+    batches: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+    coords = grid.coords
+    size = grid.read_px
+    DONE = object()
+
+    def read(position):
+        y, x = coords[position]
+        return slide.read_region(int(y), int(x), size, size, level=grid.level)
+
+    def produce():
+        try:
+            with ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="napari-conch-read"
+            ) as pool:
+                for start in range(0, len(todo), batch_size):
+                    if stop.is_set() or _cancelled(cancel):
+                        break
+                    chunk = todo[start : start + batch_size]
+                    pixels = np.stack(list(pool.map(read, chunk)))
+                    if use_pinned:
+                        import torch
+
+                        pixels = torch.from_numpy(pixels).pin_memory()
+                    while not stop.is_set():
+                        try:
+                            batches.put((chunk, pixels), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as exc:  # hand reader errors to the consumer
+            batches.put(exc)
+        finally:
+            batches.put(DONE)
+
+    thread = threading.Thread(target=produce, name="napari-conch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = batches.get()
+            if item is DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock the producer if it waits on a full queue
+            try:
+                batches.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

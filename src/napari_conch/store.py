@@ -1,0 +1,411 @@
+"""The embedding cache: one zarr (v3) store per (slide, model weights, preprocessing, grid).
+
+Layout of a store (a directory ``…/<slide>-<fingerprint>/<model>-<weights>/<grid>.zarr``)::
+
+    features   (N, D) float32 or float16  pre-projection features; NaN where not computed
+    done       (N,)   bool                set only after the features are on disk
+    indices    (N, 2) int32               grid (row, column) of each tile
+    tissue     (N,)   float32             tissue fraction of each tile
+    attrs: signature, grid geometry, model and slide descriptions
+
+Safety: zarr writes every chunk to a temporary file and renames it into place, so a chunk
+is either the old or the new version, never half written. Each write takes an exclusive
+file lock (released by the OS if the process dies), reads the chunks it touches, updates
+them, and sets ``done`` only after the features are written. A crash or ``kill -9`` at any
+point leaves a store in which every tile marked done has its features; the next call
+computes only the rest. Two processes may embed the same slide at the same time: they
+share the lock and skip tiles the other has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NapariConchError
+from .models.protocol import is_trained, weights_hash
+from .slide import Slide
+from .tiling import TileGrid
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "NAPARI_CONCH_CACHE"
+STORE_VERSION = 1
+_CHUNK_ROWS = 256
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class CacheError(NapariConchError, OSError):
+    """The embedding cache cannot be used (location not writable, store damaged, …)."""
+
+
+# -- where ----------------------------------------------------------------------------------
+
+
+def cache_root(cache="auto") -> Path:
+    """Resolve the cache location: ``"auto"`` → ``$NAPARI_CONCH_CACHE`` or the user cache
+    directory (e.g. ``~/.cache/napari-conch/embeddings``); a path is used as given.
+
+    Raises :class:`CacheError` when the location cannot be created or written.
+    """
+    if cache is None or cache is False:
+        raise ValueError("cache_root needs a location; use cache=None in embed() for no cache.")
+    if isinstance(cache, str) and cache == "auto":
+        env = os.environ.get(CACHE_ENV, "").strip()
+        if env:
+            root = Path(env).expanduser()
+        else:
+            import platformdirs
+
+            root = Path(platformdirs.user_cache_dir("napari-conch")) / "embeddings"
+    else:
+        root = Path(cache).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(
+            f"Cannot create the embedding cache at {root}: {exc.strerror or exc}. Choose a "
+            f"writable folder with cache=PATH (or --cache PATH, or ${CACHE_ENV})."
+        ) from exc
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise CacheError(
+            f"The embedding cache at {root} is read-only. Choose a writable folder with "
+            f"cache=PATH (or --cache PATH, or ${CACHE_ENV}), or use cache=None to keep "
+            "embeddings in memory only."
+        )
+    return root
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def slide_fingerprint(slide: Slide) -> str:
+    """Identify a slide by content without reading it whole.
+
+    Uses the file size and the first MiB (headers), the level shapes and a few small regions
+    of the coarsest level — not the path or modification time, so a copied slide finds its
+    cache. In-memory slides are identified by their coarsest level's pixels.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr([tuple(level.shape) for level in slide.levels]).encode())
+    if slide.path is not None and slide.path.is_file():
+        h.update(str(slide.path.stat().st_size).encode())
+        with open(slide.path, "rb") as fh:
+            h.update(fh.read(2**20))
+    last = len(slide.levels) - 1
+    lh, lw = slide.levels[last].shape[:2]
+    fy, fx = slide._factors[last]
+    size = min(256, lh, lw)
+    for ry, rx in ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75)):
+        y = int((lh - size) * ry)
+        x = int((lw - size) * rx)
+        region = slide.read_region(round(y * fy), round(x * fx), size, size, level=last)
+        h.update(np.ascontiguousarray(region).tobytes())
+    return h.hexdigest()
+
+
+def store_signature(fingerprint: str, model, grid: TileGrid, dtype: str) -> dict:
+    """Everything that must match for cached features to be reused."""
+    return {
+        "version": STORE_VERSION,
+        "slide": fingerprint,
+        "model": {
+            "name": str(model.name),
+            "weights": weights_hash(model),
+            "embed_dim": int(model.embed_dim),
+        },
+        "preprocessing": {
+            "input_size": int(model.input_size),
+            "resize": "bicubic-antialias, shortest edge, centre crop",
+            "mean": list(getattr(model, "mean", ()) or ()),
+            "std": list(getattr(model, "std", ()) or ()),
+        },
+        "grid": grid.signature(),
+        "dtype": dtype,
+    }
+
+
+def _digest(obj) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60] or "slide"
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+class EmbeddingStore:
+    """A zarr store holding one slide's tile features for one model and grid."""
+
+    def __init__(self, path: Path):
+        import zarr
+
+        self.path = Path(path)
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        self.attrs = dict(self.group.attrs)
+        self.features = self.group["features"]
+        self.done = self.group["done"]
+        self._lock = _lock_for(self.path)
+
+    @classmethod
+    def open_or_create(
+        cls, root: Path, slide: Slide, model, grid: TileGrid, dtype: str = "float32"
+    ) -> EmbeddingStore:
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}.")
+        fingerprint = slide_fingerprint(slide)
+        signature = store_signature(fingerprint, model, grid, dtype)
+        stem = Path(slide.name).stem if slide.name else "slide"
+        path = (
+            Path(root)
+            / f"{_safe(stem)}-{fingerprint[:12]}"
+            / f"{_safe(str(model.name))}-{weights_hash(model)[:12]}"
+            / f"grid-{_digest(signature)}.zarr"
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _lock_for(path):
+            if path.exists():
+                try:
+                    store = cls(path)
+                    if store.attrs.get("signature") == signature:
+                        _remove_partials(path)
+                        return store
+                    reason = "its signature differs"
+                except Exception as exc:  # unreadable metadata: rebuild it
+                    reason = f"it cannot be read ({exc})"
+                stale = path.with_name(f"{path.name}.stale-{int(time.time())}")
+                logger.warning(
+                    "Not reusing the cache at %s: %s. Moved it to %s.", path, reason, stale
+                )
+                path.rename(stale)
+            _create(path, signature, slide, model, grid, dtype)
+        return cls(path)
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.features.shape[0])
+
+    def done_mask(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """Fresh read of which tiles are finished (all, or at ``positions``)."""
+        if positions is None:
+            return np.asarray(self.done[:], bool)
+        return np.asarray(self.done.get_orthogonal_selection(np.asarray(positions)), bool)
+
+    def write(self, positions: np.ndarray, features: np.ndarray) -> None:
+        """Store features of tiles at ``positions``, then mark them done (under the lock)."""
+        positions = np.asarray(positions, np.int64)
+        order = np.argsort(positions)
+        positions, features = positions[order], np.asarray(features)[order]
+        values = features.astype(self.features.dtype, copy=False)
+        with self._lock:
+            self.features.set_orthogonal_selection((positions, slice(None)), values)
+            self.done.set_orthogonal_selection(positions, np.ones(len(positions), bool))
+
+    def claim_run(self) -> bool:
+        """Try to register as *the* process embedding this store (non-blocking).
+
+        True: no one else is running (release with :meth:`release_run`). False: another live
+        process is; the caller then works from the other end of the tile list so the two
+        meet in the middle instead of computing the same tiles.
+        """
+        from filelock import FileLock, Timeout
+
+        self._run_lock = FileLock(str(self.path) + ".run")
+        try:
+            self._run_lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
+
+    def release_run(self) -> None:
+        lock = getattr(self, "_run_lock", None)
+        if lock is not None and lock.is_locked:
+            lock.release()
+
+    def load(self, model=None) -> Embeddings:
+        return Embeddings.open(self.path, model=model)
+
+
+def _create(path: Path, signature: dict, slide: Slide, model, grid: TileGrid, dtype: str) -> None:
+    import zarr
+
+    tmp = path.with_name(f"{path.name}.creating-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    n, d = len(grid), int(model.embed_dim)
+    rows = max(1, min(_CHUNK_ROWS, n))
+    group.create_array(
+        "features", shape=(n, d), dtype=_DTYPES[dtype], chunks=(rows, d), fill_value=np.nan
+    )
+    group.create_array(
+        "done", shape=(n,), dtype=bool, chunks=(max(1, min(n, 4096)),), fill_value=False
+    )
+    group.create_array("indices", shape=(n, 2), dtype=np.int32, chunks=(max(1, min(n, 65536)), 2))
+    group.create_array("tissue", shape=(n,), dtype=np.float32, chunks=(max(1, min(n, 65536)),))
+    if n:
+        group["indices"][:] = grid.indices
+        group["tissue"][:] = grid.tissue_fraction
+    group.attrs.update(
+        {
+            "napari_conch": STORE_VERSION,
+            "signature": signature,
+            **describe(slide, model, grid, signature["slide"]),
+        }
+    )
+    tmp.rename(path)  # the store appears complete or not at all
+
+
+def describe(slide: Slide, model, grid: TileGrid, fingerprint: str) -> dict:
+    """The model, slide and grid descriptions kept with embeddings (and their results)."""
+    return {
+        "model": {
+            "name": str(model.name),
+            "weights_hash": weights_hash(model),
+            "trained": is_trained(model),
+            "embed_dim": int(model.embed_dim),
+            "input_size": int(model.input_size),
+            "target_mpp": float(model.target_mpp),
+            "logit_scale": float(model.logit_scale),
+        },
+        "slide": {
+            "name": slide.name,
+            "path": str(slide.path) if slide.path else None,
+            "mpp": slide.mpp,
+            "shape": list(slide.shape),
+            "fingerprint": fingerprint,
+        },
+        "grid": grid.to_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _remove_partials(path: Path) -> None:
+    """Drop temporary chunk files a killed writer left behind (called under the lock)."""
+    for leftover in path.rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
+
+
+def _lock_for(path: Path):
+    from filelock import FileLock
+
+    return FileLock(str(path) + ".lock")
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+class Embeddings:
+    """Tile features of one slide, from the cache or computed in memory.
+
+    Attributes
+    ----------
+    features : ndarray (N, D) float32
+        Pre-projection features; rows of tiles not computed yet are NaN.
+    done : ndarray (N,) bool
+    grid : TileGrid
+    metadata : dict
+        ``model`` (name, weights hash, trained, …), ``slide`` (name, path, µm/px,
+        fingerprint), ``grid`` geometry, ``created``.
+    store_path : Path or None
+    model : the model that made them, when known (used by :meth:`projected`).
+    """
+
+    def __init__(self, features, done, grid: TileGrid, metadata: dict, store_path=None, model=None):
+        self.features = np.asarray(features, dtype=np.float32)
+        self.done = np.asarray(done, bool)
+        self.grid = grid
+        self.metadata = metadata
+        self.store_path = Path(store_path) if store_path is not None else None
+        self.model = model
+        self.cancelled = False
+
+    @classmethod
+    def open(cls, path, model=None) -> Embeddings:
+        """Open cached embeddings from a store path; the slide is not needed."""
+        import zarr
+
+        path = Path(path)
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            attrs = dict(group.attrs)
+            grid = TileGrid.from_dict(attrs["grid"], group["indices"][:], group["tissue"][:])
+            features = group["features"][:]
+            done = group["done"][:]
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise CacheError(f"{path} is not a napari-conch embedding store ({exc}).") from exc
+        metadata = {k: attrs.get(k) for k in ("model", "slide", "grid", "created", "signature")}
+        return cls(features, done, grid, metadata, store_path=path, model=model)
+
+    def refresh(self) -> Embeddings:
+        """Re-read features written since (e.g. while another process embeds)."""
+        if self.store_path is None:
+            return self
+        fresh = Embeddings.open(self.store_path, model=self.model)
+        self.features, self.done = fresh.features, fresh.done
+        return self
+
+    @property
+    def coords(self) -> np.ndarray:
+        """Level-0 (y, x) of each tile, (N, 2)."""
+        return self.grid.coords
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+    @property
+    def n_done(self) -> int:
+        return int(self.done.sum())
+
+    @property
+    def trained(self) -> bool:
+        return bool((self.metadata.get("model") or {}).get("trained", True))
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+    def projected(self, model=None, normalize: bool = True) -> np.ndarray:
+        """Joint-space embeddings (N, D'); NaN rows for tiles not computed yet."""
+        model = model or self.model
+        if model is None:
+            raise ValueError(
+                "projected() needs the model that made these embeddings: pass model=... "
+                "(opened from the cache, they do not carry it)."
+            )
+        expected = (self.metadata.get("model") or {}).get("weights_hash")
+        if expected and weights_hash(model) != expected:
+            raise ValueError(
+                f"These embeddings were made with weights {expected[:12]}…, not with this "
+                f"model's {weights_hash(model)[:12]}…; load the model they came from."
+            )
+        out = None
+        rows = np.flatnonzero(self.done)
+        if len(rows):
+            part = np.asarray(model.project(self.features[rows], normalize=normalize), np.float32)
+            out = np.full((len(self), part.shape[1]), np.nan, np.float32)
+            out[rows] = part
+        else:
+            out = np.full(
+                (len(self), int(getattr(model, "embed_dim", self.features.shape[1]))),
+                np.nan,
+                np.float32,
+            )
+        return out
+
+    def __repr__(self) -> str:
+        where = f", store={str(self.store_path)!r}" if self.store_path else ""
+        state = "complete" if self.complete else f"{self.n_done}/{len(self)} done"
+        untrained = "" if self.trained else ", UNTRAINED model"
+        return (
+            f"Embeddings({len(self)} tiles × {self.features.shape[1]}, {state}{untrained}{where})"
+        )
