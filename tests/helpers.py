@@ -114,3 +114,26 @@ def reference_token_ids(texts: list[str]) -> np.ndarray:
         return_tensors="pt",
     )
     return F.pad(enc["input_ids"], (0, 1), value=tok.pad_token_id).numpy()
+
+
+class CountingModel:
+    """Wraps a model: counts the tiles it encodes and can slow each call down (to give
+    tests time to cancel or kill a run). Everything else is the wrapped model's."""
+
+    def __init__(self, inner, delay: float = 0.0):
+        self._inner = inner
+        self.delay = delay
+        self.calls = 0
+        self.tiles = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode_images(self, images):
+        import time
+
+        self.calls += 1
+        self.tiles += len(images)
+        if self.delay:
+            time.sleep(self.delay)
+        return self._inner.encode_images(images)
