@@ -209,9 +209,11 @@ def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, 
         if _cancelled(cancel):
             return computed, True
         pending = sink.pending(positions)
-        positions, pixels = positions[pending], pixels[pending]
-        if len(positions) == 0:
-            continue
+        if not pending.all():
+            if not pending.any():
+                continue
+            positions = positions[pending]
+            pixels = pixels[_as_index(pending, pixels)]
         out = np.asarray(model.encode_images(pixels), dtype=np.float32)
         if out.shape != (len(positions), int(model.embed_dim)):
             raise ValueError(
@@ -224,6 +226,15 @@ def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, 
             on_batch(positions, out)
         report(computed, computed / max(time.perf_counter() - start, 1e-9))
     return computed, False
+
+
+def _as_index(mask: np.ndarray, pixels):
+    """A boolean mask usable on ``pixels`` (numpy, or a pinned torch tensor on CUDA)."""
+    if isinstance(pixels, np.ndarray):
+        return mask
+    import torch
+
+    return torch.from_numpy(mask)
 
 
 def _check_grid(slide: Slide, grid: TileGrid) -> None:
