@@ -1,14 +1,29 @@
-"""Prompt ensembling: class names × templates → one embedding per class (DESIGN §3)."""
+"""Prompt sets: classes × synonyms × templates → one text embedding per class (DESIGN §3).
+
+The class embedding is the mean of the L2-normalised text embeddings of every synonym in
+every template (the literal ``CLASSNAME`` replaced), renormalised — the recipe of CONCH's
+``zero_shot_classifier``. Prompt files in CONCH's JSON format load and save unchanged::
+
+    {"0": {"classnames": {"LUAD": ["adenocarcinoma", "lung adenocarcinoma"], ...},
+           "templates": ["CLASSNAME.", "an H&E image of CLASSNAME.", ...]}}
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 PLACEHOLDER = "CLASSNAME"
 
-# Our own template wording (the CONCH prompt files can be loaded instead).
+# Our own template wording (CONCH's prompt files can be loaded instead).
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "CLASSNAME.",
     "a histology image of CLASSNAME.",
@@ -18,54 +33,218 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "pathology: CLASSNAME.",
     "an example of CLASSNAME in a tissue section.",
 )
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-def class_embeddings(
-    model,
-    classes: Mapping[str, Sequence[str]] | Sequence[str],
-    templates: Sequence[str] = DEFAULT_TEMPLATES,
-) -> tuple[list[str], np.ndarray]:
-    """One joint-space vector per class: the renormalised mean of normalised prompt embeddings.
+class PromptSet:
+    """Classes, each with synonyms, and the templates they are put into.
 
     Parameters
     ----------
-    model : ImageTextModel
     classes : mapping or sequence
-        ``{"tumor": ["tumor", "carcinoma"], ...}`` (name → synonyms) or plain names.
-    templates : sequence of str
-        Each holds the literal ``CLASSNAME``.
+        ``{"tumor": ["tumor", "carcinoma"], ...}`` or plain names (each its own synonym).
+    templates : sequence of str, optional
+        Each contains ``CLASSNAME``; default :data:`DEFAULT_TEMPLATES`.
 
-    Returns
-    -------
-    names : list of str
-    weights : ndarray (C, D), float32, rows of unit length
+    Raises
+    ------
+    ValueError
+        No classes, an empty or blank name or synonym, two classes with the same name, or a
+        template without ``CLASSNAME``. Repeated synonyms are dropped with a warning.
     """
-    if not isinstance(classes, Mapping):
-        classes = {name: [name] for name in classes}
-    if not classes:
-        raise ValueError("Give at least one class.")
-    templates = list(templates)
-    if not templates:
-        raise ValueError("Give at least one template.")
-    bad = [t for t in templates if PLACEHOLDER not in t]
-    if bad:
-        raise ValueError(f"Template {bad[0]!r} lacks the placeholder {PLACEHOLDER!r}.")
-    names, rows = [], []
-    for name, synonyms in classes.items():
-        synonyms = [s for s in synonyms if s and s.strip()]
-        if not str(name).strip() or not synonyms:
-            raise ValueError(f"Class {name!r} has an empty name or no synonyms.")
-        prompts = [t.replace(PLACEHOLDER, s) for s in synonyms for t in templates]
-        emb = np.asarray(model.encode_texts(prompts, normalize=True), dtype=np.float32)
-        mean = emb.mean(axis=0)
-        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
-        names.append(str(name))
-    return names, np.stack(rows).astype(np.float32)
+
+    def __init__(self, classes, templates: Sequence[str] | None = None):
+        if isinstance(classes, PromptSet):
+            templates = classes.templates if templates is None else templates
+            classes = classes.classes
+        if isinstance(classes, str):
+            classes = [classes]
+        if not isinstance(classes, Mapping):
+            classes = {name: [name] for name in _as_list(classes, "class names")}
+        if not classes:
+            raise ValueError("A prompt set needs at least one class.")
+        cleaned: dict[str, list[str]] = {}
+        seen: dict[str, str] = {}
+        for name, synonyms in classes.items():
+            name = _clean(name, "class name")
+            key = name.casefold()
+            if key in seen:
+                raise ValueError(
+                    f"Class {name!r} appears twice (as {seen[key]!r}); class names must differ."
+                )
+            seen[key] = name
+            if isinstance(synonyms, str):
+                synonyms = [synonyms]
+            synonyms = [
+                _clean(s, f"synonym of {name!r}")
+                for s in _as_list(synonyms, f"synonyms of {name!r}")
+            ]
+            if not synonyms:
+                raise ValueError(f"Class {name!r} has no synonyms; give at least one phrase.")
+            unique = list(dict.fromkeys(synonyms))
+            if len(unique) < len(synonyms):
+                logger.warning("Class %r lists a synonym more than once; using each once.", name)
+            cleaned[name] = unique
+        templates = list(
+            DEFAULT_TEMPLATES if templates is None else _as_list(templates, "templates")
+        )
+        if not templates:
+            raise ValueError("A prompt set needs at least one template.")
+        templates = [_clean(t, "template") for t in templates]
+        for template in templates:
+            if PLACEHOLDER not in template:
+                raise ValueError(
+                    f"Template {template!r} lacks the placeholder {PLACEHOLDER!r} where the "
+                    "class name goes, e.g. 'an H&E image of CLASSNAME.'"
+                )
+        self.classes: dict[str, list[str]] = cleaned
+        self.templates: list[str] = list(dict.fromkeys(templates))
+        self._embeddings: dict[str, np.ndarray] = {}
+
+    # -- construction & I/O --------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, source) -> PromptSet:
+        """Read CONCH's prompt JSON (a path, a JSON string or the parsed dict)."""
+        data = source
+        looks_like_json = isinstance(source, str) and source.lstrip()[:1] in ("{", "[")
+        if isinstance(source, (str, os.PathLike)) and not looks_like_json:
+            path = Path(source)
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(f"Prompt file {path} does not exist.") from exc
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"Prompt file {path} is not valid JSON: {exc}") from exc
+        elif isinstance(source, str):
+            try:
+                data = json.loads(source)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"Prompt JSON is not valid: {exc}") from exc
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                'Prompt JSON must be an object like {"0": {"classnames": …, "templates": […]}}.'
+            )
+        body = data
+        if "classnames" not in data:
+            inner = [v for v in data.values() if isinstance(v, Mapping) and "classnames" in v]
+            if len(inner) != 1:
+                raise ValueError(
+                    "Prompt JSON must hold one prompt set with 'classnames' and 'templates', "
+                    'as in CONCH\'s prompts/*.json: {"0": {"classnames": {"tumor": '
+                    '["tumor", ...]}, "templates": ["CLASSNAME.", ...]}}.'
+                )
+            body = inner[0]
+        classnames = body.get("classnames")
+        if not isinstance(classnames, (Mapping, list)):
+            raise ValueError("'classnames' must map each class to a list of synonyms.")
+        return cls(classnames, body.get("templates"))
+
+    def to_json(self, path: str | os.PathLike | None = None) -> dict:
+        """The set in CONCH's prompt-JSON format; also written to ``path`` when given."""
+        data = {
+            "0": {
+                "classnames": {k: list(v) for k, v in self.classes.items()},
+                "templates": list(self.templates),
+            }
+        }
+        if path is not None:
+            Path(path).write_text(
+                json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+        return data
+
+    # -- use ------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def prompts(self, name: str) -> list[str]:
+        """Every synonym of class ``name`` in every template."""
+        return [t.replace(PLACEHOLDER, s) for s in self.classes[name] for t in self.templates]
+
+    def class_embeddings(self, model) -> np.ndarray:
+        """(C, D) unit vectors, one per class, in the model's joint space (cached per model)."""
+        from .models.protocol import weights_hash
+
+        key = f"{model.name}:{weights_hash(model)}"
+        cached = self._embeddings.get(key)
+        if cached is not None:
+            return cached
+        rows = []
+        for name in self.classes:
+            emb = np.asarray(
+                model.encode_texts(self.prompts(name), normalize=True), dtype=np.float32
+            )
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            mean = emb.mean(axis=0)
+            rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        weights = np.stack(rows).astype(np.float32)
+        self._embeddings[key] = weights
+        return weights
+
+    def with_class(self, name: str, synonyms: Sequence[str]) -> PromptSet:
+        """A copy with one more class."""
+        return PromptSet({**self.classes, name: list(synonyms)}, self.templates)
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, PromptSet)
+            and self.classes == other.classes
+            and self.templates == other.templates
+        )
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.names)
+        return f"PromptSet({len(self)} classes: {names}; {len(self.templates)} templates)"
+
+
+def as_prompt_set(prompts) -> PromptSet:
+    """Accept a PromptSet, a prompt-JSON path, or class names / a name→synonyms mapping."""
+    if isinstance(prompts, PromptSet):
+        return prompts
+    if isinstance(prompts, os.PathLike) or (
+        isinstance(prompts, str) and prompts.lower().endswith(".json")
+    ):
+        return PromptSet.from_json(prompts)
+    return PromptSet(prompts)
+
+
+def _as_list(value, what: str) -> list:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"Expected a list of {what}; got {type(value).__name__}.")
+    return list(value)
+
+
+def _clean(text, what: str) -> str:
+    """Strip surrounding blanks; replace control characters (which the tokenizer would turn
+    into noise) with spaces, saying so."""
+    if not isinstance(text, str):
+        raise TypeError(f"Each {what} must be text; got {type(text).__name__}: {text!r}.")
+    cleaned = _CONTROL.sub(" ", text)
+    if cleaned != text:
+        logger.warning("Replaced control characters in %s %r with spaces.", what, text[:40])
+    cleaned = cleaned.strip()
+    if not cleaned:
+        raise ValueError(f"Empty {what}: {text!r}. Give some text.")
+    return cleaned
+
+
+def class_embeddings(
+    model, classes, templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> tuple[list[str], np.ndarray]:
+    """Names and (C, D) class embeddings for ``classes`` (see :class:`PromptSet`)."""
+    prompt_set = PromptSet(classes, templates)
+    return prompt_set.names, prompt_set.class_embeddings(model)
 
 
 def softmax_probabilities(similarity: np.ndarray, logit_scale: float) -> np.ndarray:
-    """Class probabilities from cosine similarities (N, C): ``softmax(exp(logit_scale) · s)``."""
+    """Class probabilities from cosine similarities (..., C): ``softmax(exp(logit_scale) · s)``."""
     logits = np.exp(logit_scale) * np.asarray(similarity, dtype=np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
+    logits -= np.nanmax(logits, axis=-1, keepdims=True)
     p = np.exp(logits)
-    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)

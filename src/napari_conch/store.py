@@ -328,6 +328,7 @@ class Embeddings:
         self.store_path = Path(store_path) if store_path is not None else None
         self.model = model
         self.cancelled = False
+        self._projected: dict = {}  # (weights hash, normalize) → projected features
 
     @classmethod
     def open(cls, path, model=None) -> Embeddings:
@@ -352,7 +353,15 @@ class Embeddings:
             return self
         fresh = Embeddings.open(self.store_path, model=self.model)
         self.features, self.done = fresh.features, fresh.done
+        self._projected.clear()
         return self
+
+    def update(self, positions, features) -> None:
+        """Put newly computed features of ``positions`` in (an in-memory merge)."""
+        positions = np.asarray(positions, np.int64)
+        self.features[positions] = np.asarray(features, np.float32)
+        self.done[positions] = True
+        self._projected.clear()
 
     @property
     def coords(self) -> np.ndarray:
@@ -383,23 +392,25 @@ class Embeddings:
                 "(opened from the cache, they do not carry it)."
             )
         expected = (self.metadata.get("model") or {}).get("weights_hash")
-        if expected and weights_hash(model) != expected:
+        actual = weights_hash(model)
+        if expected and actual != expected:
             raise ValueError(
                 f"These embeddings were made with weights {expected[:12]}…, not with this "
-                f"model's {weights_hash(model)[:12]}…; load the model they came from."
+                f"model's {actual[:12]}…; load the model they came from."
             )
-        out = None
+        key = (actual, bool(normalize), self.n_done)
+        cached = self._projected.get(key)
+        if cached is not None:
+            return cached
         rows = np.flatnonzero(self.done)
         if len(rows):
             part = np.asarray(model.project(self.features[rows], normalize=normalize), np.float32)
             out = np.full((len(self), part.shape[1]), np.nan, np.float32)
             out[rows] = part
         else:
-            out = np.full(
-                (len(self), int(getattr(model, "embed_dim", self.features.shape[1]))),
-                np.nan,
-                np.float32,
-            )
+            width = int(getattr(model, "embed_dim", self.features.shape[1]))
+            out = np.full((len(self), width), np.nan, np.float32)
+        self._projected = {key: out}  # keep the latest only: it can be large
         return out
 
     def __repr__(self) -> str:
