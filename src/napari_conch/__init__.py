@@ -28,6 +28,14 @@ _LAZY = {
     "Embeddings": "napari_conch.store",
     "CacheError": "napari_conch.store",
     "embed_slides": "napari_conch.distributed",
+    "PromptSet": "napari_conch.prompts",
+    "zero_shot_segment": "napari_conch.zeroshot",
+    "similarity_map": "napari_conch.zeroshot",
+    "classify_slide": "napari_conch.zeroshot",
+    "retrieve": "napari_conch.zeroshot",
+    "SegmentationResult": "napari_conch.zeroshot",
+    "SimilarityMap": "napari_conch.zeroshot",
+    "SlideCall": "napari_conch.zeroshot",
     "load_model": "napari_conch.models",
     "available_models": "napari_conch.models",
     "ImageTextModel": "napari_conch.models",
@@ -44,15 +52,23 @@ _LAZY = {
 __all__ = [  # noqa: RUF022 - public API first, then errors
     "CancelToken",
     "Embeddings",
+    "PromptSet",
+    "SegmentationResult",
+    "SimilarityMap",
+    "SlideCall",
     "Slide",
     "TileGrid",
     "TissueMask",
     "embed",
     "embed_slides",
+    "classify_slide",
     "open_slide",
+    "retrieve",
+    "similarity_map",
     "synthetic_slide",
     "tile_grid",
     "tissue_mask",
+    "zero_shot_segment",
     "ConchModel",
     "ImageTextModel",
     "available_models",
@@ -81,11 +97,21 @@ if TYPE_CHECKING:  # pragma: no cover
         WeightsNotFoundError,
     )
     from .models import ConchModel, ImageTextModel, available_models, load_model
+    from .prompts import PromptSet
     from .slide import Slide, open_slide
     from .store import CacheError, Embeddings
     from .synthetic import synthetic_slide
     from .tiling import TileGrid, tile_grid
     from .tissue import TissueMask, tissue_mask
+    from .zeroshot import (
+        SegmentationResult,
+        SimilarityMap,
+        SlideCall,
+        classify_slide,
+        retrieve,
+        similarity_map,
+        zero_shot_segment,
+    )
 
 
 def __getattr__(name: str):
