@@ -35,10 +35,8 @@ from napari_conch.tiling import TileGrid  # noqa: E402
 
 def fake_embeddings(n: int, dim: int, weights_hash: str) -> Embeddings:
     side = math.ceil(math.sqrt(n))
-    ii, jj = np.divmod(np.arange(n), side)
-    indices = np.stack([ii, jj], axis=1).astype(np.int32)
-    grid = TileGrid(224.0, 224.0, 0.5, 448, 448, (0, 0), (side, side), 0, 448, 448,
-                    indices, np.ones(n, np.float32), 0.0, (side * 448, side * 448))  # fmt: skip
+    indices = np.stack(np.divmod(np.arange(n), side), axis=1)
+    grid = TileGrid.from_indices(indices, tile_px=448, mpp=0.5)
     features = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
     return Embeddings(features, np.ones(n, bool), grid, {"model": {"weights_hash": weights_hash}})
 

@@ -150,22 +150,7 @@ def test_class_weights_equal_the_reference_zero_shot_classifier(tmp_path, monkey
     np.testing.assert_allclose(prompts.class_embeddings(ours), expected.T.numpy(), atol=1e-5)
     # MI-Zero: our top-K means equal the reference's topj_pooling on its forward_project path.
     feats = np.random.default_rng(0).normal(size=(40, 32)).astype(np.float32)
-    grid = TileGrid(
-        32.0,
-        32.0,
-        1.0,
-        32,
-        32,
-        (0, 0),
-        (5, 8),
-        0,
-        32,
-        448,
-        np.argwhere(np.ones((5, 8))).astype(np.int32),
-        np.ones(40, np.float32),
-        0.0,
-        (160, 256),
-    )
+    grid = TileGrid.from_indices(np.argwhere(np.ones((5, 8))), tile_px=32)
     emb = Embeddings(feats, np.ones(40, bool), grid, {"model": {"weights_hash": ours.weights_hash}})
     with torch.no_grad():
         projected = F.normalize(ref.visual.forward_project(torch.from_numpy(feats)), dim=-1)
@@ -210,22 +195,7 @@ def test_maps_line_up_in_micrometres(synth, colour_emb):
 
 def test_overlap_averaging_equals_a_hand_computed_case():
     """2 × 2 tiles at 50 % overlap (k = 2): the centre cell averages all four tiles."""
-    grid = TileGrid(
-        2.0,
-        1.0,
-        1.0,
-        2,
-        1,
-        (0, 0),
-        (2, 2),
-        0,
-        2,
-        2,
-        np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.int32),
-        np.ones(4, np.float32),
-        0.0,
-        (3, 3),
-    )
+    grid = TileGrid.from_indices([[0, 0], [0, 1], [1, 0], [1, 1]], tile_px=2, stride_px=1)
     values = np.array([1.0, 2.0, 3.0, 10.0])
     cells = cells_from_tiles(grid, values)[0]
     expected = np.array(
@@ -333,22 +303,7 @@ def test_mi_zero_is_the_top_k_mean():
             return np.array([[1.0, 0.0] if t[0] == "a" else [0.0, 1.0] for t in texts], np.float32)
 
     feats = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3], [0.1, 0.95]], np.float32)
-    grid = TileGrid(
-        32.0,
-        32.0,
-        1.0,
-        32,
-        32,
-        (0, 0),
-        (1, 5),
-        0,
-        32,
-        32,
-        np.array([[0, i] for i in range(5)], np.int32),
-        np.ones(5, np.float32),
-        0.0,
-        (32, 160),
-    )
+    grid = TileGrid.from_indices([[0, i] for i in range(5)], tile_px=32)
     emb = Embeddings(feats, np.ones(5, bool), grid, {})
     call = classify_slide(emb, Fixed(), PromptSet({"a": ["a"], "b": ["b"]}, ["CLASSNAME"]), top_k=2)
     assert call.scores["a"] == pytest.approx((0.9 + 0.7) / 2)

@@ -136,6 +136,37 @@ class TileGrid:
         }
 
     @classmethod
+    def from_indices(
+        cls,
+        indices,
+        tile_px: int,
+        stride_px: int | None = None,
+        mpp: float = 1.0,
+        input_size: int | None = None,
+    ) -> TileGrid:
+        """A grid over given (row, column) tile indices, e.g. for features made elsewhere."""
+        indices = np.asarray(indices, np.int32).reshape(-1, 2)
+        stride_px = stride_px or tile_px
+        shape = tuple(int(v) + 1 for v in indices.max(axis=0)) if len(indices) else (0, 0)
+        slide = tuple((s - 1) * stride_px + tile_px for s in shape)
+        return cls(
+            tile_um=tile_px * mpp,
+            stride_um=stride_px * mpp,
+            mpp=mpp,
+            tile_px=tile_px,
+            stride_px=stride_px,
+            origin_px=(0, 0),
+            shape=shape,
+            level=0,
+            read_px=tile_px,
+            input_size=input_size or tile_px,
+            indices=indices,
+            tissue_fraction=np.ones(len(indices), np.float32),
+            min_tissue=0.0,
+            slide_shape=slide,
+        )
+
+    @classmethod
     def from_dict(cls, meta: dict, indices: np.ndarray, tissue_fraction: np.ndarray) -> TileGrid:
         return cls(
             tile_um=float(meta["tile_um"]),

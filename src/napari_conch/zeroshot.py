@@ -45,8 +45,19 @@ PALETTE: tuple[tuple[float, float, float, float], ...] = (
 # -- results --------------------------------------------------------------------------------
 
 
+class _Result:
+    """What every analysis result says about the model that made it."""
+
+    metadata: dict
+
+    @property
+    def trained(self) -> bool:
+        """False when an untrained model (``checkpoint="random"``) made this result."""
+        return bool(self.metadata.get("model", {}).get("trained", True))
+
+
 @dataclass
-class SegmentationResult:
+class SegmentationResult(_Result):
     """A zero-shot segmentation on the tile grid.
 
     ``labels`` (H, W): 0 = no tissue, background or below ``min_confidence``; ``i + 1`` =
@@ -67,13 +78,9 @@ class SegmentationResult:
     background_probability: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
 
-    @property
-    def trained(self) -> bool:
-        return bool(self.metadata.get("model", {}).get("trained", True))
-
 
 @dataclass
-class SimilarityMap:
+class SimilarityMap(_Result):
     """Cosine similarity per grid cell: ``values`` (H, W) for one query, (Q, H, W) for several."""
 
     values: np.ndarray
@@ -84,13 +91,9 @@ class SimilarityMap:
     contrast_limits: tuple[float, float]
     metadata: dict = field(default_factory=dict)
 
-    @property
-    def trained(self) -> bool:
-        return bool(self.metadata.get("model", {}).get("trained", True))
-
 
 @dataclass
-class SlideCall:
+class SlideCall(_Result):
     """An MI-Zero slide-level call: per class, the mean of its top-K tile similarities."""
 
     call: str
@@ -99,10 +102,6 @@ class SlideCall:
     top_k: int
     evidence: dict[str, list[dict]]
     metadata: dict = field(default_factory=dict)
-
-    @property
-    def trained(self) -> bool:
-        return bool(self.metadata.get("model", {}).get("trained", True))
 
 
 @dataclass
