@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -106,6 +107,63 @@ def embed(
     Embeddings
         ``complete`` is False when the run was cancelled or restricted to part of the grid.
     """
+    steps = embed_steps(
+        slide,
+        model,
+        grid,
+        cache,
+        region,
+        cancel,
+        region_only=region_only,
+        tiles=tiles,
+        batch_size=batch_size,
+        workers=workers,
+        prefetch=prefetch,
+        dtype=dtype,
+    )
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if progress is not None:
+            progress(step.done, step.total, step.tiles_per_s)
+        if on_batch is not None and len(step.positions):
+            on_batch(step.positions, step.features)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of an embedding run: totals so far and the batch that just finished."""
+
+    done: int
+    total: int
+    tiles_per_s: float
+    positions: np.ndarray
+    features: np.ndarray
+
+
+def embed_steps(
+    slide,
+    model,
+    grid: TileGrid | None = None,
+    cache="auto",
+    region=None,
+    cancel=None,
+    *,
+    region_only: bool = False,
+    tiles=None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    prefetch: int = 2,
+    dtype: str = "float32",
+):
+    """:func:`embed` as a generator: yields a :class:`Progress` before the first batch and
+    after every batch, and returns the :class:`Embeddings` (``StopIteration.value``).
+
+    For GUIs and notebooks that want to show results while the run goes on (a napari
+    ``thread_worker`` passes each step to the GUI thread).
+    """
     slide = as_slide(slide)
     check_model(model)
     grid = grid if grid is not None else tile_grid(slide, model)
@@ -146,28 +204,20 @@ def embed(
         )
     batch_size = int(batch_size or _auto_batch_size(model))
     workers = int(workers or min(4, os.cpu_count() or 1))
-    if progress is not None:
-        progress(already, total, 0.0)
+    empty = np.zeros(0, np.int64)
+    yield Progress(already, total, 0.0, empty, np.zeros((0, int(model.embed_dim)), np.float32))
 
     sink = _Sink(store, features, done)
+    computed = 0
     try:
-        computed, cancelled = _run(
-            slide,
-            model,
-            grid,
-            todo,
-            sink,
-            batch_size,
-            workers,
-            prefetch,
-            cancel,
-            lambda n, rate: progress(min(total, already + n), total, rate) if progress else None,
-            on_batch,
-        )
+        for positions, out, computed, rate in _run(
+            slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel
+        ):
+            yield Progress(min(total, already + computed), total, rate, positions, out)
     finally:
         if store is not None:
             store.release_run()
-    cancelled = cancelled or (_cancelled(cancel) and computed + already < total)
+    cancelled = _cancelled(cancel) and computed + already < total
     if cancelled:
         logger.info("Embedding cancelled after %d new tiles; they are kept.", computed)
 
@@ -200,14 +250,14 @@ class _Sink:
             self.done[positions] = True
 
 
-def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, report, on_batch):
-    """The batch loop; returns (tiles computed, cancelled)."""
+def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel):
+    """The batch loop: yields (positions, features, tiles computed so far, tiles/s)."""
     start = time.perf_counter()
     computed = 0
     batches = _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model)
     for positions, pixels in batches:
         if _cancelled(cancel):
-            return computed, True
+            return
         pending = sink.pending(positions)
         if not pending.all():
             if not pending.any():
@@ -222,10 +272,7 @@ def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, 
             )
         sink.put(positions, out)
         computed += len(positions)
-        if on_batch is not None:
-            on_batch(positions, out)
-        report(computed, computed / max(time.perf_counter() - start, 1e-9))
-    return computed, False
+        yield positions, out, computed, computed / max(time.perf_counter() - start, 1e-9)
 
 
 def _as_index(mask: np.ndarray, pixels):
