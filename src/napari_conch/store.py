@@ -328,7 +328,8 @@ class Embeddings:
         self.store_path = Path(store_path) if store_path is not None else None
         self.model = model
         self.cancelled = False
-        self._projected: dict = {}  # (weights hash, normalize) → projected features
+        # (weights hash, normalize, projected array, model, tiles done) of the latest projection
+        self._projected: tuple | None = None
 
     @classmethod
     def open(cls, path, model=None) -> Embeddings:
@@ -353,15 +354,19 @@ class Embeddings:
             return self
         fresh = Embeddings.open(self.store_path, model=self.model)
         self.features, self.done = fresh.features, fresh.done
-        self._projected.clear()
+        self._projected = None
         return self
 
     def update(self, positions, features) -> None:
         """Put newly computed features of ``positions`` in (an in-memory merge)."""
         positions = np.asarray(positions, np.int64)
-        self.features[positions] = np.asarray(features, np.float32)
+        features = np.asarray(features, np.float32)
+        self.features[positions] = features
         self.done[positions] = True
-        self._projected.clear()
+        if self._projected is not None:  # project just the new rows (live displays)
+            digest, normalize, out, model, _ = self._projected
+            out[positions] = np.asarray(model.project(features, normalize=normalize), np.float32)
+            self._projected = (digest, normalize, out, model, self.n_done)
 
     @property
     def coords(self) -> np.ndarray:
@@ -398,10 +403,13 @@ class Embeddings:
                 f"These embeddings were made with weights {expected[:12]}…, not with this "
                 f"model's {actual[:12]}…; load the model they came from."
             )
-        key = (actual, bool(normalize), self.n_done)
-        cached = self._projected.get(key)
-        if cached is not None:
-            return cached
+        cached = self._projected
+        if (
+            cached is not None
+            and cached[:2] == (actual, bool(normalize))
+            and cached[4] == self.n_done
+        ):
+            return cached[2]
         rows = np.flatnonzero(self.done)
         if len(rows):
             part = np.asarray(model.project(self.features[rows], normalize=normalize), np.float32)
@@ -410,7 +418,7 @@ class Embeddings:
         else:
             width = int(getattr(model, "embed_dim", self.features.shape[1]))
             out = np.full((len(self), width), np.nan, np.float32)
-        self._projected = {key: out}  # keep the latest only: it can be large
+        self._projected = (actual, bool(normalize), out, model, self.n_done)  # latest only: large
         return out
 
     def __repr__(self) -> str:
