@@ -29,6 +29,8 @@ _LAZY = {
     "CacheError": "napari_conch.store",
     "embed_slides": "napari_conch.distributed",
     "PromptSet": "napari_conch.prompts",
+    "show": "napari_conch._napari.view",
+    "view": "napari_conch._napari.view",
     "zero_shot_segment": "napari_conch.zeroshot",
     "similarity_map": "napari_conch.zeroshot",
     "classify_slide": "napari_conch.zeroshot",
@@ -67,7 +69,9 @@ __all__ = [  # noqa: RUF022 - public API first, then errors
     "similarity_map",
     "synthetic_slide",
     "tile_grid",
+    "show",
     "tissue_mask",
+    "view",
     "zero_shot_segment",
     "ConchModel",
     "ImageTextModel",
@@ -85,6 +89,7 @@ __all__ = [  # noqa: RUF022 - public API first, then errors
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._napari.view import show, view
     from .distributed import embed_slides
     from .engine import CancelToken, embed
     from .errors import (

@@ -1,6 +1,8 @@
-"""Turning library objects into napari layer data, correctly placed in micrometres."""
+"""Library objects → napari layers, placed in micrometres, reused and updated in place."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from ..slide import Slide
 
@@ -31,14 +33,15 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> tuple:
     return (data, kwargs, "image")
 
 
-def show_scale_bar() -> None:
-    """Turn the scale bar on in the current viewer, if there is one."""
-    try:
-        import napari
+def show_scale_bar(viewer=None) -> None:
+    """Turn the scale bar on (in ``viewer``, or the current viewer if there is one)."""
+    if viewer is None:
+        try:
+            import napari
 
-        viewer = napari.current_viewer()
-    except Exception:  # no Qt app, or napari not fully started
-        return
+            viewer = napari.current_viewer()
+        except Exception:  # no Qt app, or napari not fully started
+            return
     if viewer is not None:
         scale_bar(viewer).visible = True
 
@@ -48,3 +51,184 @@ def scale_bar(viewer):
     canvas = getattr(viewer, "canvas", None)
     overlays = getattr(canvas, "overlays", None)
     return getattr(overlays, "scale_bar", None) or viewer.scale_bar
+
+
+def camera(viewer):
+    """The viewer's camera (napari ≥ 0.9 moved it under ``viewer.scene``)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def viewport_um(viewer) -> tuple[float, float, float, float]:
+    """The visible area in world units (µm for slides with a pixel size): (y0, x0, y1, x1)."""
+    cam = camera(viewer)
+    cy, cx = (float(v) for v in cam.center[-2:])
+    size = getattr(getattr(viewer, "canvas", None), "size", None) or (800, 600)
+    half = max(size) / max(float(cam.zoom), 1e-9) / 2
+    return (cy - half, cx - half, cy + half, cx + half)
+
+
+def _find(viewer, name: str, kind: str):
+    for layer in viewer.layers:
+        if layer.name == name and type(layer).__name__.lower() == kind:
+            return layer
+    return None
+
+
+def upsert(viewer, kind: str, name: str, data, **kwargs):
+    """Add a layer, or update the one of that name and type in place (keeps user settings
+    such as visibility and opacity)."""
+    layer = _find(viewer, name, kind)
+    if layer is None:
+        adder = getattr(viewer, f"add_{kind}")
+        return adder(data, name=name, **kwargs)
+    for key in ("scale", "translate", "units"):
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+    for key in ("contrast_limits", "colormap", "features", "metadata", "text"):
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+    layer.data = data  # last: one redraw with everything in place
+    return layer
+
+
+def _placement(result, offset_um=(0.0, 0.0)) -> dict:
+    return {
+        "scale": tuple(result.scale_um),
+        "translate": tuple(t + o for t, o in zip(result.translate_um, offset_um, strict=True)),
+        "units": (MICROMETRE, MICROMETRE),
+    }
+
+
+def show_segmentation(
+    viewer, seg, prefix: str = "conch", offset_um=(0.0, 0.0), update_hidden: bool = True
+) -> list:
+    """Labels layer (class names as features, fixed colours) plus hidden probability and
+    uncertainty layers, all aligned with the slide.
+
+    ``update_hidden=False`` (live redraws) leaves existing hidden layers alone: redrawing
+    what nobody sees only costs GUI time.
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    placement = _placement(seg, offset_um)
+    name = f"{prefix} labels"
+    existing = _find(viewer, name, "labels")
+    style = {}
+    if (
+        existing is None
+        or existing.metadata.get("napari_conch", {}).get("classes") != seg.class_names
+    ):
+        # Colours and class names only when they change: resetting a colormap is not free.
+        colors = {label: np.asarray(rgba, float) for label, rgba in seg.colors.items()}
+        colors[None] = np.zeros(4)
+        style = {
+            "colormap": DirectLabelColormap(color_dict=colors),
+            "features": {"class": ["none", *seg.class_names]},
+        }
+    labels = upsert(
+        viewer,
+        "labels",
+        name,
+        seg.labels,
+        metadata={"napari_conch": {"result": seg, "classes": list(seg.class_names)}},
+        opacity=0.55,
+        **style,
+        **placement,
+    )
+    layers = [labels]
+
+    def skip(name):
+        # Live redraws leave hidden (or not yet created) probability layers for the end.
+        layer = _find(viewer, name, "image")
+        return not update_hidden and (layer is None or not layer.visible)
+
+    for i, name in enumerate(seg.class_names):
+        if skip(f"{prefix} p({name})"):
+            continue
+        layers.append(
+            upsert(
+                viewer,
+                "image",
+                f"{prefix} p({name})",
+                seg.probabilities[i],
+                contrast_limits=(0.0, 1.0),
+                colormap="magma",
+                visible=False,
+                opacity=0.6,
+                **placement,
+            )
+        )
+    if skip(f"{prefix} uncertainty"):
+        return layers
+    layers.append(
+        upsert(
+            viewer,
+            "image",
+            f"{prefix} uncertainty",
+            seg.uncertainty,
+            contrast_limits=(0.0, 1.0),
+            colormap="gray",
+            visible=False,
+            opacity=0.6,
+            **placement,
+        )
+    )
+    return layers
+
+
+def show_similarity(viewer, sim, name: str = "conch similarity", offset_um=(0.0, 0.0)):
+    values = sim.values if sim.values.ndim == 2 else sim.values[0]
+    return upsert(
+        viewer,
+        "image",
+        name,
+        values,
+        contrast_limits=sim.contrast_limits,
+        colormap="turbo",
+        opacity=0.55,
+        metadata={"napari_conch": {"result": sim}},
+        **_placement(sim, offset_um),
+    )
+
+
+def show_tiles(viewer, records: list[dict], name: str, offset_um=(0.0, 0.0), color="yellow"):
+    """Tile centres as points with their score (and rank) as features and text."""
+    if records:
+        points = np.array(
+            [[r["y_um"] + r["size_um"] / 2, r["x_um"] + r["size_um"] / 2] for r in records]
+        )
+        points = points + np.asarray(offset_um)
+        size = float(records[0]["size_um"])
+    else:
+        points, size = np.zeros((0, 2)), 10.0
+    features = {
+        "rank": np.arange(1, len(records) + 1),
+        "score": np.array([r["score"] for r in records], float),
+    }
+    return upsert(
+        viewer,
+        "points",
+        name,
+        points,
+        features=features,
+        size=size * 0.3,
+        face_color=color,
+        border_color="black",
+        units=(MICROMETRE, MICROMETRE),
+        text={"string": "{rank}: {score:.3f}", "size": 10, "color": "white"},
+    )
+
+
+def show_mask(viewer, mask, name: str = "conch tissue", offset_um=(0.0, 0.0)):
+    scale = mask.scale_um or mask.downsample
+    translate = mask.translate_um or tuple((d - 1) / 2 for d in mask.downsample)
+    return upsert(
+        viewer,
+        "labels",
+        name,
+        mask.mask.astype(np.uint8),
+        scale=tuple(scale),
+        translate=tuple(t + o for t, o in zip(translate, offset_um, strict=True)),
+        opacity=0.3,
+    )
