@@ -83,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-o", "--output", type=Path, help="also write the calls as JSON here")
     demo.set_defaults(func=cmd_demo)
+
+    view = sub.add_parser(
+        "view",
+        help="open napari with the slide and the napari-conch widget docked",
+        description="Open napari with SLIDE shown in micrometres and the napari-conch widget "
+        "docked. With --checkpoint (or --model conch_tiny --checkpoint random) the model is "
+        "loaded first; otherwise load it in the widget.",
+        epilog="examples:\n  napari-conch view case.svs\n  napari-conch view case.svs "
+        "--checkpoint ~/weights/conch/pytorch_model.bin --classes tumor stroma necrosis",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    view.add_argument("slide", nargs="?", help="slide or image file (optional)")
+    view.add_argument("--mpp", type=float, help="µm/px when the file does not record it")
+    _add_model_options(view)
+    view.add_argument("--classes", nargs="+", help="classes for the segmentation table")
+    view.set_defaults(func=cmd_view)
     return parser
 
 
@@ -228,6 +244,25 @@ def cmd_demo(args) -> int:
         }
         args.output.write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_view(args) -> int:
+    from . import view
+    from .models import load_model
+    from .slide import open_slide
+
+    slide = open_slide(args.slide, mpp=args.mpp) if args.slide else None
+    model = None
+    if args.checkpoint:
+        model = load_model(
+            args.model,
+            checkpoint=args.checkpoint,
+            tokenizer=args.tokenizer,
+            device=args.device,
+            precision=args.precision,
+        )
+    view(slide, model=model, classes=args.classes, block=True)
     return 0
 
 
