@@ -22,10 +22,12 @@ _USER_ENV = ("NAPARI_CONCH_CHECKPOINT", "NAPARI_CONCH_TOKENIZER", "HF_TOKEN")
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """Each test starts without the user's checkpoint/tokenizer/token settings."""
+def _clean_env(monkeypatch, tmp_path_factory):
+    """Each test starts without the user's checkpoint/tokenizer/token settings, and caches
+    embeddings in a temporary folder, never in the user's cache."""
     for name in _USER_ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NAPARI_CONCH_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="session")

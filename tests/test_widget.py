@@ -1,0 +1,231 @@
+"""The napari widget, end to end in a real viewer under Xvfb, with the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import CountingModel
+from qtpy.QtCore import QSettings
+
+import napari_conch as nc
+from napari_conch._napari.widget import ConchWidget
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, settings):
+    viewer = make_napari_viewer()
+    widget = ConchWidget(viewer, settings=settings)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def _wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget._workers, timeout=timeout)
+
+
+def _notifications():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+@pytest.fixture
+def loaded(setup, qtbot):
+    viewer, widget = setup
+    viewer.open_sample("napari-conch", "synthetic")
+    widget.model_name.setCurrentText("conch_tiny")
+    widget.random_weights.setChecked(True)
+    widget.load_model()
+    _wait(qtbot, widget)
+    assert widget.session.model is not None
+    return viewer, widget
+
+
+def test_full_flow_segment_prompt_exemplar_retrieve_call(loaded, qtbot):
+    viewer, widget = loaded
+    assert "UNTRAINED" in widget.model_status.text()
+    assert widget.layer_combo.currentText().startswith("synthetic slide")
+    assert widget.mpp.value() == 0.5
+
+    counting = CountingModel(widget.session.model)
+    widget.set_model(counting)
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    labels = viewer.layers["conch labels"]
+    grid = widget.session.grid
+    assert labels.data.shape == (grid.shape[0], grid.shape[1])  # no overlap: one cell per tile
+    assert tuple(labels.scale) == pytest.approx((224.0, 224.0))
+    assert tuple(labels.translate) == pytest.approx(((448 - 1) / 2 * 0.5,) * 2)
+    assert list(labels.features["class"]) == ["none", "tumor", "stroma", "necrosis"]
+    for name in ("tumor", "stroma", "necrosis"):
+        assert f"conch p({name})" in viewer.layers
+    assert "UNTRAINED" in widget.legend.text()
+    tiles_embedded = counting.tiles
+    assert tiles_embedded == len(grid)
+
+    # a prompt redraws the heatmap without any new embedding work
+    widget.prompt.setText("necrosis")
+    qtbot.waitUntil(lambda: "conch similarity" in viewer.layers, timeout=30_000)
+    _wait(qtbot, widget)
+    layer = viewer.layers["conch similarity"]
+    first = np.array(layer.data)
+    widget.prompt.setText("tumor cells")
+    qtbot.waitUntil(lambda: not np.array_equal(np.asarray(layer.data), first), timeout=30_000)
+    assert viewer.layers["conch similarity"] is layer  # updated in place
+    assert counting.tiles == tiles_embedded
+
+    # exemplar points: the map peaks where the point was put
+    widget.start_exemplars()
+    points = viewer.layers["conch exemplars"]
+    y, x = (float(v) + 112.0 for v in grid.coords[len(grid) // 2] * 0.5)  # centre of a tile, µm
+    points.add([y, x])
+    qtbot.waitUntil(lambda: "conch exemplar similarity" in viewer.layers, timeout=30_000)
+    heat = viewer.layers["conch exemplar similarity"]
+    peak = np.unravel_index(np.nanargmax(heat.data), heat.data.shape)
+    expected = tuple(int((v - t) // s) for v, t, s in zip((y, x), (0, 0), heat.scale, strict=True))
+    assert peak == expected
+
+    # retrieval and the slide call
+    widget.k.setValue(5)
+    widget.run_retrieval()
+    _wait(qtbot, widget)
+    assert len(viewer.layers["conch retrieval"].data) == 5
+    widget.step_hit(1)
+    assert widget.hit_label.text().startswith("#2 of 5")
+    widget.top_k.setValue(3)
+    widget.run_slide_call()
+    _wait(qtbot, widget)
+    assert widget.call_table.rowCount() == 4
+    assert "UNTRAINED" in widget.call_label.text()
+    assert len(viewer.layers["conch evidence"].data) == 3
+    assert counting.tiles == tiles_embedded
+
+
+def test_cancel_stops_work_and_leaves_layers_consistent(loaded, qtbot):
+    viewer, widget = loaded
+    slow = CountingModel(widget.session.model, delay=0.3)
+    widget.set_model(slow)
+    widget.batch.setValue(2)
+    widget.overlap.setCurrentIndex(1)  # 50 %: more tiles
+    widget.run_segmentation()
+    qtbot.waitUntil(lambda: slow.tiles >= 4, timeout=60_000)
+    widget.cancel()
+    _wait(qtbot, widget)
+    emb = widget.session.embeddings
+    assert emb.cancelled and 0 < emb.n_done < len(emb)
+    assert "Cancelled" in widget.status.text()
+    labels = viewer.layers["conch labels"]
+    assert labels.data.shape == (widget.session.grid.shape[0] + 1, widget.session.grid.shape[1] + 1)
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_missing_pixel_size_gives_a_notification(setup, qtbot, tiny_model):
+    viewer, widget = setup
+    viewer.add_image(
+        nc.synthetic_slide(size=1024).slide.levels[0].compute(), rgb=True, name="no mpp"
+    )
+    widget.set_model(tiny_model)
+    assert widget.mpp_note.text().startswith("missing")
+    before = len(_notifications())
+    widget.run_segmentation()
+    messages = _notifications()[before:]
+    assert any("records no pixel size" in m for m in messages)
+    assert "conch labels" not in viewer.layers
+    widget.mpp.setValue(0.5)  # entering it makes the slide usable
+    assert widget.session.source.slide.mpp == 0.5
+
+
+def test_missing_weights_give_a_notification(setup, qtbot):
+    _, widget = setup
+    widget.model_name.setCurrentText("conch")
+    widget.random_weights.setChecked(False)
+    widget.checkpoint.setText("")
+    before = len(_notifications())
+    widget.load_model()
+    _wait(qtbot, widget)
+    assert any("No conch weights found" in m for m in _notifications()[before:])
+    assert widget.session.model is None and widget.load_button.isEnabled()
+
+
+def test_settings_are_remembered_but_never_the_token(make_napari_viewer, settings, tmp_path):
+    viewer = make_napari_viewer()
+    widget = ConchWidget(viewer, settings=settings)
+    widget.checkpoint.setText("/weights/pytorch_model.bin")
+    widget.token.setText("hf_SECRET_TOKEN_123")
+    widget.overlap.setCurrentIndex(2)
+    widget.set_classes({"gland": ["gland", "crypt"], "stroma": ["stroma"]})
+    widget._save_settings()
+    settings.sync()
+    again = ConchWidget(viewer, settings=settings)
+    assert again.checkpoint.text() == "/weights/pytorch_model.bin"
+    assert again.overlap.currentIndex() == 2
+    assert again.prompt_set().classes == {"gland": ["gland", "crypt"], "stroma": ["stroma"]}
+    assert again.token.text() == ""
+    assert "hf_SECRET_TOKEN_123" not in (tmp_path / "settings.ini").read_text()
+
+
+def test_show_and_view(make_napari_viewer, tiny_model, tmp_path):
+    viewer = make_napari_viewer()
+    synth = nc.synthetic_slide(size=1024)
+    viewer, widget = nc.view(
+        synth.slide, model=tiny_model, viewer=viewer, classes=["tumor", "stroma"], block=False
+    )
+    assert widget.session.model is tiny_model
+    assert widget.layer_combo.currentText() == synth.slide.name
+    assert widget.prompt_set().names == ["tumor", "stroma"]
+    emb = nc.embed(
+        synth.slide, tiny_model, nc.tile_grid(synth.slide, tiny_model, tissue=False), cache=None
+    )
+    seg = nc.zero_shot_segment(emb, tiny_model, ["tumor", "stroma"])
+    layers = nc.show(viewer, seg)
+    assert layers[0].name == "conch labels" and tuple(layers[0].scale) == seg.scale_um
+    sim = nc.show(viewer, nc.similarity_map(emb, tiny_model, text="tumor"))
+    assert sim.name == "conch similarity"
+    with pytest.raises(TypeError, match="cannot display"):
+        nc.show(viewer, 42)
+
+
+_AFTER_OPENGL = """
+import sys, time
+import napari, numpy as np
+viewer = napari.Viewer(show=True)
+viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True)
+from qtpy.QtWidgets import QApplication
+for _ in range(20):
+    QApplication.processEvents()
+assert "torch" not in sys.modules, "this check needs the model code to load after OpenGL"
+from napari_conch._napari.widget import ConchWidget
+widget = ConchWidget(viewer)
+widget.model_name.setCurrentText("conch_tiny")
+widget.random_weights.setChecked(True)
+widget.load_model()
+deadline = time.time() + 120
+while widget._workers and time.time() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.02)
+print("LOADED", widget.session.model is not None, sys.modules.get("triton", "absent") is None)
+viewer.close()
+"""
+
+
+@pytest.mark.slow
+def test_widget_loads_a_model_inside_a_running_napari(tmp_path):
+    """The real start-up order: napari (and OpenGL) first, then the widget imports torch and
+    timm. Under Mesa's OpenGL, triton (imported by torchvision) would crash the process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NAPARI_CONCH_CACHE": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _AFTER_OPENGL], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED True True" in out.stdout
