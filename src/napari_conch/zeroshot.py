@@ -536,8 +536,15 @@ def _tile_at(grid: TileGrid, y_um: float, x_um: float) -> int:
 def _tile_record(emb: Embeddings, position: int, score: float, coords: np.ndarray) -> dict:
     y, x = (int(v) for v in coords[position])
     mpp = emb.grid.mpp
-    return {"position": position, "y_px": y, "x_px": x, "y_um": y * mpp, "x_um": x * mpp,
-            "size_um": emb.grid.tile_um, "score": score}  # fmt: skip
+    return {
+        "position": position,
+        "y_px": y,
+        "x_px": x,
+        "y_um": y * mpp,
+        "x_um": x * mpp,
+        "size_um": emb.grid.tile_um,
+        "score": score,
+    }
 
 
 def _colors(names: list[str], overrides: dict | None) -> dict[int, tuple]:
