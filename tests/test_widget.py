@@ -229,3 +229,26 @@ def test_widget_loads_a_model_inside_a_running_napari(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LOADED True True" in out.stdout
+
+
+def test_a_painted_labels_or_drawn_shapes_layer_restricts_the_analysis(loaded, qtbot):
+    viewer, widget = loaded
+    painted = np.zeros((2048, 2048), np.uint8)  # the synthetic slide at 1 µm per mask pixel
+    painted[:900, :900] = 1  # the upper-left tumour region only
+    viewer.add_labels(painted, name="my region", units=("micrometer", "micrometer"))
+    widget.mask_layer.setCurrentText("my region")
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    grid = widget.session.grid
+    centres = (grid.coords + grid.tile_px / 2) * grid.mpp
+    assert len(grid) > 0 and (centres < 900).all()
+    viewer.add_shapes(
+        [[[1200, 1200], [1200, 1900], [1900, 1900], [1900, 1200]]],
+        shape_type="polygon",
+        name="my outline",
+    )
+    widget.mask_layer.setCurrentText("my outline")
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    centres = (widget.session.grid.coords + grid.tile_px / 2) * grid.mpp
+    assert len(centres) > 0 and ((centres > 1200) & (centres < 1900)).all()

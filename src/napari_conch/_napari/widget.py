@@ -46,7 +46,7 @@ from .layers import (
     show_tiles,
     viewport_um,
 )
-from .session import Session, slide_from_layer
+from .session import Session, restrict_grid, slide_from_layer, tiles_inside_layer
 
 logger = logging.getLogger(__name__)
 guard_triton()  # before anything imports timm/torchvision (see guard_triton)
@@ -152,6 +152,11 @@ class ConchWidget(QWidget):
         self.mpp_note = QLabel("")
         self.tissue_preview = QCheckBox("show tissue mask")
         self.tissue_preview.toggled.connect(self._on_tissue_toggled)
+        self.mask_layer = QComboBox()
+        self.mask_layer.setToolTip(
+            "Analyse only inside a Labels layer you painted or a Shapes layer you drew"
+        )
+        self.mask_layer.currentIndexChanged.connect(self._invalidate_grid)
         self.tile_um = QDoubleSpinBox()
         self.tile_um.setRange(8.0, 4096.0)
         self.tile_um.setValue(224.0)
@@ -172,6 +177,7 @@ class ConchWidget(QWidget):
         form.addRow("Pixel size", self.mpp)
         form.addRow("", self.mpp_note)
         form.addRow("", self.tissue_preview)
+        form.addRow("Only inside", self.mask_layer)
         form.addRow("Tile", self.tile_um)
         form.addRow("Overlap", self.overlap)
         form.addRow("Batch", self.batch)
@@ -325,6 +331,18 @@ class ConchWidget(QWidget):
     # -- slide ------------------------------------------------------------------------------
 
     def _refresh_layers(self, *_args) -> None:
+        chosen_mask = self.mask_layer.currentText()
+        masks = [
+            layer.name
+            for layer in self.viewer.layers
+            if type(layer).__name__ in ("Labels", "Shapes") and not layer.name.startswith("conch ")
+        ]
+        self.mask_layer.blockSignals(True)
+        self.mask_layer.clear()
+        self.mask_layer.addItems(["(tissue detection)", *masks])
+        if chosen_mask in masks:
+            self.mask_layer.setCurrentText(chosen_mask)
+        self.mask_layer.blockSignals(False)
         current = self.layer_combo.currentText()
         names = [layer.name for layer in self.viewer.layers if _is_rgb_image(layer)]
         self.layer_combo.blockSignals(True)
@@ -400,6 +418,11 @@ class ConchWidget(QWidget):
     def _grid_options(self) -> dict:
         overlap = (0.0, 0.5, 0.75)[self.overlap.currentIndex()]
         return {"tile_um": float(self.tile_um.value()), "overlap": overlap}
+
+    def _user_mask(self):
+        """The Labels/Shapes layer chosen to restrict the analysis, or None."""
+        name = self.mask_layer.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
     def _check_ready(self) -> None:
         s = self.session
@@ -520,12 +543,21 @@ class ConchWidget(QWidget):
             self._running(False)
 
         self._running(True)
+        mask = self._user_mask()
+        restrict = None
+        if mask is not None:
+            offset = s.source.offset_um
+
+            def restrict(grid, layer=mask):
+                return restrict_grid(grid, tiles_inside_layer(grid, layer, offset))
+
         return self._start(
             _segmentation_worker,
             s.source.slide,
             s.model,
             self._grid_options(),
             s.tissue,
+            restrict,
             prompts,
             self._viewport_region(),
             token,
@@ -890,7 +922,7 @@ class _Start:
 
 
 def _segmentation_worker(
-    slide, model, grid_options, tissue, prompts, region, cancel, batch_size, cache
+    slide, model, grid_options, tissue, restrict, prompts, region, cancel, batch_size, cache
 ):
     """Worker body. Everything slow happens here, off the GUI thread: the tissue mask and
     grid, the prompts' text encoding, loading and projecting already cached tiles; then the
@@ -899,7 +931,14 @@ def _segmentation_worker(
     from ..store import Embeddings, EmbeddingStore, cache_root, describe, slide_fingerprint
     from ..tiling import tile_grid
 
-    grid = tile_grid(slide, model, tissue=tissue if tissue is not None else True, **grid_options)
+    if restrict is not None:  # the user's region instead of tissue detection
+        grid = restrict(tile_grid(slide, model, tissue=False, **grid_options))
+        if len(grid) == 0:
+            raise NapariConchError("No tile centre lies inside the chosen mask layer.")
+    else:
+        grid = tile_grid(
+            slide, model, tissue=tissue if tissue is not None else True, **grid_options
+        )
     prompts.class_embeddings(model)
     if cache is not None:
         store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid)
