@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from helpers import random_tiles
 
 from napari_conch import TokenizerNotFoundError, UnknownModelError
+from napari_conch import errors as nc_errors
 from napari_conch.models import ImageTextModel, available_models, check_model, load_model
 from napari_conch.models.device import resolve_device, resolve_precision
 from napari_conch.models.protocol import is_trained, weights_hash
@@ -193,7 +194,7 @@ def test_unknown_model_lists_the_known_ones():
     with pytest.raises(UnknownModelError, match="Available: conch, conch_tiny"):
         load_model("conchh")
     assert {"conch", "conch_tiny"} <= set(available_models())
-    with pytest.raises(ValueError, match="test configuration"):
+    with pytest.raises(nc_errors.WeightsNotFoundError, match="test configuration"):
         load_model("conch_tiny")
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import UnknownModelError
+from ..errors import UnknownModelError, WeightsNotFoundError
 from .conch import ConchModel, build_conch
 from .conch_net import ConchConfig
 from .protocol import ImageTextModel, check_model
@@ -31,7 +31,7 @@ def _conch(**kwargs) -> ConchModel:
 
 def _conch_tiny(**kwargs) -> ConchModel:
     if kwargs.get("checkpoint") is None:
-        raise ValueError(
+        raise WeightsNotFoundError(
             "'conch_tiny' is a small test configuration with no published weights; pass "
             "checkpoint='random' or the path of a checkpoint saved from it."
         )
