@@ -1,0 +1,388 @@
+"""Exports that other tools open: QuPath GeoJSON, OME-Zarr, OME-TIFF, tile tables.
+
+- :func:`to_geojson` — a FeatureCollection QuPath imports: one merged (multi)polygon per
+  class, holes kept, with ``classification`` {name, color} and measurements (area µm², mean
+  probability); optionally one square per tile with per-class scores. Coordinates are
+  level-0 pixels, as QuPath expects.
+- :func:`to_ome_zarr` — OME-NGFF: probability maps as the image, the label map under
+  ``labels/segmentation`` with class names and colours in its ``image-label`` metadata.
+- :func:`to_ome_tiff` — a pyramidal OME-TIFF label image with physical pixel sizes.
+- :func:`tile_table` — a pandas table (CSV or Parquet) of tiles: coordinates in px and µm,
+  tissue fraction, per-class scores, similarity values.
+
+Every export records the model, whether its weights were trained, and the prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+# -- geometry ------------------------------------------------------------------------------
+
+
+def label_polygons(labels: np.ndarray, value: int, cell_px: float, origin_px=(0.0, 0.0)):
+    """The cells equal to ``value`` as one shapely (Multi)Polygon in level-0 pixels (x, y),
+    exact on the cell grid, holes kept. Rows are merged into runs before the union."""
+    from shapely import box
+    from shapely.ops import unary_union
+
+    mask = labels == value
+    boxes = []
+    oy, ox = origin_px
+    for row in np.flatnonzero(mask.any(axis=1)):
+        line = np.concatenate([[False], mask[row], [False]])
+        edges = np.flatnonzero(np.diff(line.astype(np.int8)))
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
+            boxes.append(
+                box(
+                    ox + start * cell_px,
+                    oy + row * cell_px,
+                    ox + stop * cell_px,
+                    oy + (row + 1) * cell_px,
+                )
+            )
+    return unary_union(boxes) if boxes else None
+
+
+def _rgb255(rgba) -> list[int]:
+    return [round(255 * float(c)) for c in rgba[:3]]
+
+
+def _provenance(result) -> dict:
+    meta = result.metadata or {}
+    model = meta.get("model", {}) or {}
+    info = {
+        "model": model.get("name"),
+        "weights_hash": model.get("weights_hash"),
+        "trained": bool(model.get("trained", True)),
+        "napari_conch": meta.get("napari_conch"),
+        "created": meta.get("created"),
+    }
+    if not info["trained"]:
+        info["note"] = "UNTRAINED model: a pipeline check, not a result"
+    return info
+
+
+# -- GeoJSON ---------------------------------------------------------------------------------
+
+
+def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
+    """A QuPath-readable FeatureCollection of a :class:`SegmentationResult`.
+
+    Parameters
+    ----------
+    seg : SegmentationResult
+    path : path, optional
+        Also write it there (``.geojson``).
+    tiles : bool
+        Add one square "detection" per tile with its per-class probabilities (needs the
+        tile positions: taken from ``seg.metadata["grid"]`` and ``emb``).
+    emb : Embeddings, optional
+        The embeddings the segmentation came from (for tile squares).
+    """
+    from shapely.geometry import mapping
+
+    grid = seg.metadata["grid"]
+    cell_px = float(grid["stride_px"])
+    origin = tuple(float(v) for v in grid.get("origin_px", (0, 0)))
+    mpp = float(grid["mpp"])
+    features = []
+    for label, name in enumerate(seg.class_names, start=1):
+        geometry = label_polygons(seg.labels, label, cell_px, origin)
+        if geometry is None:
+            continue
+        probability = seg.probabilities[label - 1][seg.labels == label]
+        probability = probability[np.isfinite(probability)]  # painted cells may have none
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": mapping(geometry),
+                "properties": {
+                    "objectType": "annotation",
+                    "name": name,
+                    "classification": {"name": name, "color": _rgb255(seg.colors[label])},
+                    "measurements": {
+                        "Area µm^2": float(geometry.area * mpp * mpp),
+                        "Mean probability": float(np.nanmean(probability))
+                        if probability.size
+                        else None,
+                    },
+                    "isLocked": False,
+                },
+            }
+        )
+    if tiles:
+        if emb is None:
+            raise ValueError("tiles=True needs the embeddings (emb=) for the tile positions.")
+        size = float(grid["tile_px"])
+        for position, (y, x) in enumerate(emb.coords):
+            probs = seg.tile_probabilities[position]
+            if not np.isfinite(probs).all():
+                continue
+            y, x = float(y), float(x)
+            square = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+            best = int(np.argmax(probs))
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [square]},
+                    "properties": {
+                        "objectType": "detection",
+                        "classification": {
+                            "name": seg.class_names[best],
+                            "color": _rgb255(seg.colors[best + 1]),
+                        },
+                        "measurements": {
+                            f"p({n})": float(p) for n, p in zip(seg.class_names, probs, strict=True)
+                        },
+                        "tile": position,
+                    },
+                }
+            )
+    collection = {
+        "type": "FeatureCollection",
+        "features": features,
+        "properties": {"napari_conch": _provenance(seg), "coordinates": "level-0 pixels (x, y)"},
+    }
+    text = json.dumps(collection)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return json.loads(text)  # plain lists, exactly what the file holds
+
+
+# -- OME-Zarr --------------------------------------------------------------------------------
+
+
+def to_ome_zarr(seg, path, *, similarity=None) -> Path:
+    """Write an OME-NGFF (0.4) image: class probabilities (and similarity maps) as channels,
+    and the label map under ``labels/segmentation`` with class names and colours."""
+    import zarr
+
+    path = Path(path)
+    channels = [seg.probabilities.astype(np.float32)]
+    names = [f"p({n})" for n in seg.class_names]
+    if similarity is not None:
+        values = similarity.values if similarity.values.ndim == 3 else similarity.values[None]
+        channels.append(values.astype(np.float32))
+        names += [f"similarity: {q}" for q in similarity.queries]
+    image = np.concatenate(channels, axis=0)
+    scale = [float(v) for v in seg.scale_um]
+    translate = [float(v) for v in seg.translate_um]
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    axes_cyx = [
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    _write_multiscale(root, image, axes_cyx, [1.0, *scale], [0.0, *translate], nearest=False)
+    root.attrs["omero"] = {
+        "channels": [
+            {"label": n, "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}}
+            for n in names
+        ]
+    }
+    root.attrs["napari_conch"] = {
+        **_provenance(seg),
+        "class_names": seg.class_names,
+        "prompts": seg.metadata.get("prompts"),
+    }
+    labels_group = root.require_group("labels")
+    labels_group.attrs["labels"] = ["segmentation"]
+    seg_group = labels_group.require_group("segmentation")
+    axes_yx = axes_cyx[1:]
+    _write_multiscale(seg_group, seg.labels, axes_yx, scale, translate, nearest=True)
+    seg_group.attrs["image-label"] = {
+        "version": "0.4",
+        "colors": [
+            {"label-value": label, "rgba": [round(255 * c) for c in seg.colors[label]]}
+            for label in range(1, len(seg.class_names) + 1)
+        ],
+        "properties": [
+            {"label-value": label, "class": name, "area (mm2)": float(seg.areas_mm2.get(name, 0.0))}
+            for label, name in enumerate(seg.class_names, start=1)
+        ],
+        "source": {"image": "../../"},
+    }
+    return path
+
+
+def _write_multiscale(
+    group, data, axes, scale, translate, nearest: bool, min_side: int = 64
+) -> None:
+    """Levels halving y and x until the smaller side is below ``min_side``."""
+    levels = [data]
+    while min(levels[-1].shape[-2:]) >= 2 * min_side:
+        prev = levels[-1]
+        if nearest:
+            levels.append(prev[..., ::2, ::2])
+        else:
+            h, w = (prev.shape[-2] // 2) * 2, (prev.shape[-1] // 2) * 2
+            cut = prev[..., :h, :w]
+            with warnings.catch_warnings():  # all-NaN blocks (no tissue) stay NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                blocks = cut.reshape(*cut.shape[:-2], h // 2, 2, w // 2, 2)
+                levels.append(np.nanmean(blocks, axis=(-3, -1)))
+    datasets = []
+    for i, level in enumerate(levels):
+        factor = 2**i
+        arr = group.create_array(
+            str(i), shape=level.shape, dtype=level.dtype, chunks=level.shape, overwrite=True
+        )
+        arr[...] = level
+        level_scale = [s * factor if j >= len(scale) - 2 else s for j, s in enumerate(scale)]
+        level_translate = [
+            t + (factor - 1) / 2 * scale[j] if j >= len(scale) - 2 else t
+            for j, t in enumerate(translate)
+        ]
+        datasets.append(
+            {
+                "path": str(i),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": level_scale},
+                    {"type": "translation", "translation": level_translate},
+                ],
+            }
+        )
+    group.attrs["multiscales"] = [
+        {"version": "0.4", "axes": axes, "datasets": datasets, "name": "napari-conch"}
+    ]
+
+
+# -- OME-TIFF --------------------------------------------------------------------------------
+
+
+def to_ome_tiff(result, path, *, what: str = "labels") -> Path:
+    """A pyramidal OME-TIFF of the label map (``what="labels"``) or of a similarity map
+    (``what="similarity"``; float32), with PhysicalSizeX/Y in µm."""
+    import tifffile
+
+    path = Path(path)
+    if what == "labels":
+        data = result.labels
+    elif what == "similarity":
+        data = (result.values if result.values.ndim == 2 else result.values[0]).astype(np.float32)
+    else:
+        raise ValueError(f"what must be 'labels' or 'similarity'; got {what!r}.")
+    levels = [data]
+    while min(levels[-1].shape) >= 128:
+        levels.append(levels[-1][::2, ::2])
+    sy, sx = (float(v) for v in result.scale_um)
+    description = json.dumps(
+        _provenance(result) | {"class_names": getattr(result, "class_names", None)}
+    )
+    metadata = {
+        "axes": "YX",
+        "PhysicalSizeX": sx,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": sy,
+        "PhysicalSizeYUnit": "µm",
+        "Description": description,
+    }
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(levels[0], subifds=len(levels) - 1, metadata=metadata, tile=_tile(levels[0]))
+        for level in levels[1:]:
+            tw.write(level, subfiletype=1, tile=_tile(level))
+    return path
+
+
+def _tile(array) -> tuple[int, int] | None:
+    return (256, 256) if min(array.shape) >= 256 else None
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def tile_table(emb, seg=None, similarities=(), path=None):
+    """A pandas DataFrame with one row per tile (written to ``.csv`` or ``.parquet``)."""
+    import pandas as pd
+
+    grid = emb.grid
+    coords = emb.coords
+    mpp = grid.mpp
+    table = {
+        "tile": np.arange(len(emb)),
+        "row": grid.indices[:, 0],
+        "col": grid.indices[:, 1],
+        "y_px": coords[:, 0],
+        "x_px": coords[:, 1],
+        "y_um": coords[:, 0] * mpp,
+        "x_um": coords[:, 1] * mpp,
+        "size_px": grid.tile_px,
+        "size_um": grid.tile_um,
+        "tissue_fraction": grid.tissue_fraction,
+        "embedded": emb.done,
+    }
+    if seg is not None:
+        for i, name in enumerate(seg.class_names):
+            table[f"p({name})"] = seg.tile_probabilities[:, i]
+        finite = np.isfinite(seg.tile_probabilities).all(axis=1)
+        best = np.where(
+            finite, np.nanargmax(np.where(finite[:, None], seg.tile_probabilities, -1), axis=1), -1
+        )
+        table["class"] = [seg.class_names[b] if b >= 0 else "" for b in best]
+    for sim in similarities:
+        values = sim.tile_values if sim.tile_values.ndim == 2 else sim.tile_values[None]
+        for query, column in zip(sim.queries, values, strict=True):
+            table[f"similarity: {query}"] = column
+    frame = pd.DataFrame(table)
+    if path is not None:
+        path = Path(path)
+        if path.suffix.lower() == ".parquet":
+            try:
+                frame.to_parquet(path, index=False)
+            except ImportError as exc:
+                raise ImportError(
+                    "Writing Parquet needs pyarrow: pip install pyarrow (or use .csv)."
+                ) from exc
+        else:
+            frame.to_csv(path, index=False)
+    return frame
+
+
+def export_all(
+    seg,
+    out_dir,
+    stem: str,
+    *,
+    emb=None,
+    similarities=(),
+    formats=("geojson", "ome-zarr", "ome-tiff", "csv"),
+) -> dict:
+    """Write a segmentation in every requested format into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if "geojson" in formats:
+        written["geojson"] = out / f"{stem}.geojson"
+        to_geojson(seg, written["geojson"], tiles=False)
+    if "geojson-tiles" in formats and emb is not None:
+        written["geojson-tiles"] = out / f"{stem}.tiles.geojson"
+        to_geojson(seg, written["geojson-tiles"], tiles=True, emb=emb)
+    if "ome-zarr" in formats:
+        sim = similarities[0] if similarities else None
+        written["ome-zarr"] = to_ome_zarr(seg, out / f"{stem}.ome.zarr", similarity=sim)
+    if "ome-tiff" in formats:
+        written["ome-tiff"] = to_ome_tiff(seg, out / f"{stem}.labels.ome.tif")
+    if emb is not None and ("csv" in formats or "parquet" in formats):
+        suffix = "parquet" if "parquet" in formats else "csv"
+        written[suffix] = out / f"{stem}.tiles.{suffix}"
+        tile_table(emb, seg, similarities, written[suffix])
+    summary = {
+        **_provenance(seg),
+        "classes": seg.class_names,
+        "areas_mm2": seg.areas_mm2,
+        "files": {k: str(v) for k, v in written.items()},
+        "slide": seg.metadata.get("slide"),
+        "prompts": seg.metadata.get("prompts"),
+    }
+    written["summary"] = out / f"{stem}.summary.json"
+    written["summary"].write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return written
