@@ -252,3 +252,25 @@ def test_a_painted_labels_or_drawn_shapes_layer_restricts_the_analysis(loaded, q
     _wait(qtbot, widget)
     centres = (widget.session.grid.coords + grid.tile_px / 2) * grid.mpp
     assert len(centres) > 0 and ((centres > 1200) & (centres < 1900)).all()
+
+
+def test_the_writer_saves_labels_layers(loaded, qtbot, tmp_path):
+    import json
+    from pathlib import Path
+
+    import tifffile
+
+    viewer, widget = loaded
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    layer = viewer.layers["conch labels"]
+    layer.data = layer.data.copy()  # a correction painted in napari must be saved too
+    layer.data[0, 0] = 1
+    (path,) = layer.save(str(tmp_path / "seg.geojson"), plugin="napari-conch")
+    collection = json.loads(Path(path).read_text())
+    assert collection["properties"]["napari_conch"]["trained"] is False
+    (path,) = layer.save(str(tmp_path / "seg.ome.tif"), plugin="napari-conch")
+    np.testing.assert_array_equal(tifffile.imread(path), layer.data)
+    painted = viewer.add_labels(np.eye(64, dtype=np.uint8), name="painted")
+    (path,) = painted.save(str(tmp_path / "painted.geojson"), plugin="napari-conch")
+    assert json.loads(Path(path).read_text())["features"][0]["properties"]["name"] == "label 1"
