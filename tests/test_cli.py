@@ -22,7 +22,10 @@ def test_console_script_help():
     assert "info" in out.stdout and "demo" in out.stdout
 
 
-@pytest.mark.parametrize("command", ["info", "demo"])
+@pytest.mark.parametrize(
+    "command",
+    ["info", "demo", "view", "embed", "segment", "similarity", "classify", "retrieve", "evaluate"],
+)
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -63,24 +66,44 @@ def test_info_describes_slides_and_fails_for_unreadable_ones(tmp_path, capsys):
 
 
 def test_demo_on_an_untrained_model_says_so(tmp_path, capsys):
-    out_file = tmp_path / "demo.json"
-    code = main(["demo", "--model", "conch_tiny", "--checkpoint", "random", "-o", str(out_file)])
+    code = main(["demo", "--model", "conch_tiny", "--checkpoint", "random", "-o", str(tmp_path)])
     assert code == 0
     captured = capsys.readouterr()
     assert "UNTRAINED MODEL" in captured.err
     assert "[UNTRAINED" in captured.out
-    payload = json.loads(out_file.read_text())
-    assert payload["trained"] is False and "not a result" in payload["note"]
-    assert len(payload["tiles"]) == 4
-    for tile in payload["tiles"]:
-        assert abs(sum(tile["probabilities"].values()) - 1) < 1e-5
-        assert tile["call"] == max(tile["probabilities"], key=tile["probabilities"].get)
+    assert (tmp_path / "UNTRAINED.txt").exists()
+    summary = json.loads((tmp_path / "ihc-sample.summary.json").read_text())
+    assert summary["trained"] is False and "not a result" in summary["note"]
+    for name in (
+        "ihc-sample.geojson",
+        "ihc-sample.tiles.geojson",
+        "ihc-sample.ome.zarr",
+        "ihc-sample.labels.ome.tif",
+        "ihc-sample.tiles.csv",
+    ):
+        assert (tmp_path / name).exists(), name
+    geojson = json.loads((tmp_path / "ihc-sample.geojson").read_text())
+    assert geojson["properties"]["napari_conch"]["trained"] is False
 
 
-def test_demo_with_trained_weights_has_no_banner(tiny_checkpoint, capsys):
-    assert main(["demo", "--model", "conch_tiny", "--checkpoint", str(tiny_checkpoint)]) == 0
+def test_demo_with_trained_weights_has_no_banner(tiny_checkpoint, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                "conch_tiny",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "-o",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "UNTRAINED" not in captured.err + captured.out
+    assert not (tmp_path / "UNTRAINED.txt").exists()
 
 
 def test_demo_with_a_missing_checkpoint_fails_clearly(tmp_path, capsys):
@@ -89,9 +112,46 @@ def test_demo_with_a_missing_checkpoint_fails_clearly(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_without_weights_falls_back_loudly(capsys):
+def test_demo_without_weights_falls_back_loudly(capsys, tmp_path):
     """The README's main job on a machine without CONCH weights: full-size untrained model."""
-    assert main(["demo"]) == 0
+    assert main(["demo", "-o", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "UNTRAINED MODEL" in captured.err
     assert "ConchModel(name='conch', UNTRAINED" in captured.out
+
+
+@pytest.mark.slow
+def test_the_tutorial_runs_end_to_end(tmp_path):
+    """docs/tutorial.py, the scripting guide's notebook, runs as written (tiny model)."""
+    from pathlib import Path
+
+    tutorial = Path(__file__).resolve().parents[1] / "docs" / "tutorial.py"
+    env = {
+        **__import__("os").environ,
+        "NAPARI_CONCH_TUTORIAL_MODEL": "conch_tiny",
+        "NAPARI_CONCH_TUTORIAL_OUT": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, str(tutorial)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "UNTRAINED" in out.stdout  # the tests run it without CONCH weights
+    for name in (
+        "synthetic.geojson",
+        "synthetic.ome.zarr",
+        "synthetic.labels.ome.tif",
+        "synthetic.tiles.csv",
+    ):
+        assert (tmp_path / name).exists(), name
+
+
+def test_the_cli_reference_lists_every_command():
+    from pathlib import Path
+
+    from napari_conch.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    missing = [c for c in commands if f"`{c}" not in page]
+    assert not missing, f"docs/cli.md does not describe {missing}"

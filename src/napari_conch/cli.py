@@ -1,11 +1,16 @@
-"""The ``napari-conch`` command.
+"""The ``napari-conch`` command: the library's main jobs from a shell, for one slide or many.
 
 Examples
 --------
-    napari-conch info                       # versions, devices, where weights/tokenizer are found
-    napari-conch info slide.svs             # … and what napari-conch reads from a slide
-    napari-conch demo                       # zero-shot tile calls on the bundled sample image
-    napari-conch demo --checkpoint random   # the same pipeline on an untrained model
+    napari-conch info slide.svs
+    napari-conch demo
+    napari-conch view slide.svs
+    napari-conch embed *.svs --scheduler tcp://scheduler:8786
+    napari-conch segment slide.svs --classes tumor stroma necrosis -o results/
+    napari-conch similarity slide.svs --text "mitotic figure" -o results/
+    napari-conch classify *.svs --prompts nsclc_prompts.json --top-k 10 -o calls.csv
+    napari-conch retrieve *.svs --text "signet ring cells" -k 20
+    napari-conch evaluate CRC-VAL-HE-7K/ --prompts crc100k_prompts.json -o metrics.json
 """
 
 from __future__ import annotations
@@ -25,18 +30,61 @@ UNTRAINED_BANNER = """\
 *  access at https://huggingface.co/MahmoodLab/conch) and pass --checkpoint      *
 *  PATH, set NAPARI_CONCH_CHECKPOINT, or set HF_TOKEN to download them.          *
 **********************************************************************************"""
+DEMO_CLASSES = {
+    "colonic gland": ["colonic gland", "colon epithelium"],
+    "stroma": ["stroma", "connective tissue"],
+    "immune cells": ["immune cells", "lymphocytes"],
+    "background": ["background", "white space"],
+}
+FORMATS = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv", "parquet")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+# -- options ---------------------------------------------------------------------------------
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="conch", help="model name (default: conch)")
     group.add_argument(
         "--checkpoint",
-        help="weights file or directory, 'hf_hub:REPO', or 'random' (untrained; pipeline check)",
+        help="weights file or folder, 'hf_hub:REPO', or 'random' (untrained: a pipeline check)",
     )
     group.add_argument("--tokenizer", help="CONCH tokenizer JSON (default: found automatically)")
     group.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     group.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+
+
+def _slide_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("slides and tiles")
+    group.add_argument("--mpp", type=float, help="µm per pixel, for files that do not record it")
+    group.add_argument("--tile-um", type=float, help="tile side in µm (default: from the model)")
+    group.add_argument(
+        "--overlap", type=float, default=0.0, help="tile overlap: 0, 0.5, 0.75 (default 0)"
+    )
+    group.add_argument(
+        "--min-tissue", type=float, default=0.1, help="min. tissue fraction per tile"
+    )
+    group.add_argument("--batch-size", type=int, help="tiles per model call")
+    group.add_argument(
+        "--cache", default="auto", help="embedding cache folder, 'auto' (default) or 'none'"
+    )
+
+
+def _prompt_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_argument_group("prompts")
+    choice = group.add_mutually_exclusive_group(required=required)
+    choice.add_argument("--prompts", type=Path, help="prompt JSON in CONCH's format")
+    choice.add_argument("--classes", nargs="+", help="class names (our default templates)")
+
+
+def _command(sub, name: str, help_text: str, description: str, examples: list[str]):
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,53 +100,162 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    info = sub.add_parser(
+    info = _command(
+        sub,
         "info",
-        help="show versions, devices and where model weights and the tokenizer are found",
-        description="Report the environment: package versions, compute devices, and which "
-        "CONCH weights and tokenizer load_model would use (nothing is downloaded).",
-        epilog="examples:\n  napari-conch info\n  napari-conch info slide.svs other.ndpi",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "versions, devices, where weights and the tokenizer are found; describe slides",
+        "Report the environment and which CONCH weights and tokenizer load_model would use "
+        "(nothing is downloaded); with slides, what napari-conch reads from them.",
+        ["napari-conch info", "napari-conch info slide.svs other.ndpi"],
     )
-    info.add_argument("slides", nargs="*", help="slides to describe (levels, µm/px, vendor)")
+    info.add_argument("slides", nargs="*", help="slides to describe")
     info.set_defaults(func=cmd_info)
 
-    demo = sub.add_parser(
+    demo = _command(
+        sub,
         "demo",
-        help="zero-shot tile classification on the bundled sample image",
-        description="Load the model, embed the four quadrants of scikit-image's "
-        "immunohistochemistry sample and call each against text prompts. Without CONCH "
-        "weights it says so loudly and runs on an untrained model (a pipeline check).",
-        epilog="examples:\n  napari-conch demo\n  napari-conch demo --checkpoint "
-        "~/weights/conch/pytorch_model.bin --classes gland stroma 'immune cells'\n"
-        "  napari-conch demo --checkpoint random -o demo.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the main job end to end on the bundled sample image",
+        "Embed scikit-image's IHC colon sample, segment it zero-shot, call it with MI-Zero and "
+        "write every export. Without CONCH weights it says so loudly and runs on an untrained "
+        "model: a pipeline check whose outputs are marked untrained.",
+        [
+            "napari-conch demo",
+            "napari-conch demo --checkpoint ~/weights/conch/pytorch_model.bin -o demo/",
+        ],
     )
-    _add_model_options(demo)
+    _model_options(demo)
     demo.add_argument(
-        "--classes",
-        nargs="+",
-        default=["colonic gland", "stroma", "immune cells", "background"],
-        help="class names to call (default: %(default)s)",
+        "-o", "--output", type=Path, default=Path("napari-conch-demo"), help="output folder"
     )
-    demo.add_argument("-o", "--output", type=Path, help="also write the calls as JSON here")
     demo.set_defaults(func=cmd_demo)
 
-    view = sub.add_parser(
+    view = _command(
+        sub,
         "view",
-        help="open napari with the slide and the napari-conch widget docked",
-        description="Open napari with SLIDE shown in micrometres and the napari-conch widget "
-        "docked. With --checkpoint (or --model conch_tiny --checkpoint random) the model is "
-        "loaded first; otherwise load it in the widget.",
-        epilog="examples:\n  napari-conch view case.svs\n  napari-conch view case.svs "
-        "--checkpoint ~/weights/conch/pytorch_model.bin --classes tumor stroma necrosis",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "napari with the slide and the napari-conch widget docked",
+        "Open napari with SLIDE shown in micrometres and the widget docked. With --checkpoint "
+        "the model is loaded first; otherwise load it in the widget.",
+        [
+            "napari-conch view case.svs",
+            "napari-conch view case.svs --checkpoint pytorch_model.bin --classes tumor stroma",
+        ],
     )
     view.add_argument("slide", nargs="?", help="slide or image file (optional)")
     view.add_argument("--mpp", type=float, help="µm/px when the file does not record it")
-    _add_model_options(view)
+    _model_options(view)
     view.add_argument("--classes", nargs="+", help="classes for the segmentation table")
     view.set_defaults(func=cmd_view)
+
+    embed = _command(
+        sub,
+        "embed",
+        "fill the embedding caches of slides, locally or on a dask cluster",
+        "Embed every slide's tissue tiles into the cache (resumable). With --scheduler the "
+        "slides (and shards of big slides) go to a dask.distributed cluster; --workers N starts "
+        "a local cluster of N processes.",
+        [
+            "napari-conch embed *.svs",
+            "napari-conch embed *.svs --scheduler tcp://10.0.0.1:8786 --cache /shared/cache",
+        ],
+    )
+    embed.add_argument("slides", nargs="+")
+    _model_options(embed)
+    _slide_options(embed)
+    embed.add_argument("--scheduler", help="address of a dask.distributed scheduler")
+    embed.add_argument("--workers", type=int, help="start a local cluster with this many processes")
+    embed.set_defaults(func=cmd_embed)
+
+    segment = _command(
+        sub,
+        "segment",
+        "zero-shot segmentation of slides, with exports",
+        "Segment each slide zero-shot and write QuPath GeoJSON, OME-Zarr, an OME-TIFF label "
+        "image, a tile table and a summary into OUT.",
+        [
+            "napari-conch segment case.svs --classes tumor stroma background "
+            "--background background -o out/",
+            "napari-conch segment *.svs --prompts crc100k_prompts.json --overlap 0.75 -o out/ "
+            "--formats geojson csv",
+        ],
+    )
+    segment.add_argument("slides", nargs="+")
+    _model_options(segment)
+    _slide_options(segment)
+    _prompt_options(segment)
+    segment.add_argument("--background", help="class (or phrase) whose cells become label 0")
+    segment.add_argument("--min-confidence", type=float, help="cells below this probability → 0")
+    segment.add_argument(
+        "--formats", nargs="+", default=["geojson", "ome-zarr", "ome-tiff", "csv"], choices=FORMATS
+    )
+    segment.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    segment.set_defaults(func=cmd_segment)
+
+    similarity = _command(
+        sub,
+        "similarity",
+        "similarity heatmap of slides to a text prompt",
+        "Write the cosine-similarity map of each slide to --text (minus --negative) as an "
+        "OME-TIFF in µm, plus a tile table and a summary.",
+        ['napari-conch similarity case.svs --text "mitotic figure" -o out/'],
+    )
+    similarity.add_argument("slides", nargs="+")
+    _model_options(similarity)
+    _slide_options(similarity)
+    similarity.add_argument("--text", required=True)
+    similarity.add_argument("--negative")
+    similarity.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    similarity.set_defaults(func=cmd_similarity)
+
+    classify = _command(
+        sub,
+        "classify",
+        "MI-Zero slide-level calls (a table)",
+        "Call each slide with MI-Zero: per class, the mean of its top-K tile similarities. "
+        "Choose K before looking at labels.",
+        ["napari-conch classify *.svs --prompts nsclc_prompts.json --top-k 10 -o calls.csv"],
+    )
+    classify.add_argument("slides", nargs="+")
+    _model_options(classify)
+    _slide_options(classify)
+    _prompt_options(classify)
+    classify.add_argument("--top-k", type=int, default=10)
+    classify.add_argument("-o", "--output", type=Path, help="also write the table (.csv)")
+    classify.set_defaults(func=cmd_classify)
+
+    retrieve = _command(
+        sub,
+        "retrieve",
+        "the tiles most similar to a prompt across slides",
+        "Rank the tiles of all slides by similarity to --text and list the top k.",
+        ['napari-conch retrieve *.svs --text "signet ring cells" -k 20 -o hits.csv'],
+    )
+    retrieve.add_argument("slides", nargs="+")
+    _model_options(retrieve)
+    _slide_options(retrieve)
+    retrieve.add_argument("--text", required=True)
+    retrieve.add_argument("-k", type=int, default=20)
+    retrieve.add_argument("-o", "--output", type=Path, help="also write the hits (.csv)")
+    retrieve.set_defaults(func=cmd_retrieve)
+
+    evaluate = _command(
+        sub,
+        "evaluate",
+        "zero-shot tile classification metrics on a labelled dataset",
+        "Classify a folder of class subfolders (or a CSV path,label) zero-shot and report "
+        "balanced accuracy, weighted F1, Cohen's kappa (plain and quadratic), AUC and the "
+        "confusion matrix.",
+        [
+            "napari-conch evaluate CRC-VAL-HE-7K/ --prompts crc100k_prompts_all_per_class.json "
+            "-o metrics.json"
+        ],
+    )
+    evaluate.add_argument("dataset", type=Path)
+    _model_options(evaluate)
+    _prompt_options(evaluate)
+    evaluate.add_argument("--label-map", type=Path, help="JSON {dataset label: prompt class}")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("-o", "--output", type=Path, help="also write the metrics (.json)")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -116,12 +273,86 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except NapariConchError as exc:
+    except (NapariConchError, FileNotFoundError, ValueError, ImportError) as exc:
         print(f"napari-conch: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("napari-conch: interrupted", file=sys.stderr)
+        print(
+            "napari-conch: interrupted (finished tiles stay cached; run again to resume)",
+            file=sys.stderr,
+        )
         return 130
+
+
+# -- shared steps ----------------------------------------------------------------------------
+
+
+def _load_model(args, *, fallback_random: bool = False):
+    from .errors import WeightsNotFoundError
+    from .models import load_model
+
+    options = dict(tokenizer=args.tokenizer, device=args.device, precision=args.precision)
+    try:
+        model = load_model(args.model, checkpoint=args.checkpoint, **options)
+    except WeightsNotFoundError as exc:
+        if not fallback_random or args.checkpoint is not None:
+            raise
+        logger.warning("%s", exc)
+        model = load_model(args.model, checkpoint="random", **options)
+    if not getattr(model, "trained", True):
+        print(UNTRAINED_BANNER, file=sys.stderr)
+    return model
+
+
+def _prompts(args):
+    from .prompts import PromptSet
+
+    return PromptSet.from_json(args.prompts) if args.prompts else PromptSet(args.classes)
+
+
+def _cache(args):
+    return None if str(args.cache).lower() in ("none", "off", "") else args.cache
+
+
+def _embed(path, model, args, slide=None):
+    """Open, tile and embed one slide with a progress bar; returns (slide, embeddings)."""
+    from tqdm import tqdm
+
+    from .engine import embed
+    from .slide import open_slide
+    from .tiling import tile_grid
+
+    slide = slide or open_slide(path, mpp=args.mpp)
+    grid = tile_grid(
+        slide, model, tile_um=args.tile_um, overlap=args.overlap or None, min_tissue=args.min_tissue
+    )
+    bar = tqdm(
+        total=len(grid), unit="tile", desc=slide.name[:30], disable=args.quiet, file=sys.stderr
+    )
+
+    def progress(done, total, rate):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        emb = embed(
+            slide, model, grid, cache=_cache(args), progress=progress, batch_size=args.batch_size
+        )
+    finally:
+        bar.close()
+    return slide, emb
+
+
+def _stem(path) -> str:
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+# -- commands --------------------------------------------------------------------------------
 
 
 def cmd_info(args) -> int:
@@ -150,9 +381,7 @@ def cmd_info(args) -> int:
         print(f"CONCH tokenizer: {find_tokenizer(None, checkpoint_path)}")
     except NapariConchError as exc:
         print(f"CONCH tokenizer: not found. {exc}")
-    failed = 0
-    for path in getattr(args, "slides", []):
-        failed += not _describe_slide(path)
+    failed = sum(not _describe_slide(path) for path in args.slides)
     return 1 if failed else 0
 
 
@@ -189,61 +418,44 @@ def _describe_slide(path) -> bool:
 
 
 def cmd_demo(args) -> int:
-    import numpy as np
-    from skimage import data
+    from ._napari.sample_data import ihc_slide
+    from .export import export_all
+    from .prompts import PromptSet
+    from .zeroshot import classify_slide, similarity_map, zero_shot_segment
 
-    from .errors import WeightsNotFoundError
-    from .models import load_model
-    from .prompts import class_embeddings, softmax_probabilities
-
-    options = dict(tokenizer=args.tokenizer, device=args.device, precision=args.precision)
-    try:
-        model = load_model(args.model, checkpoint=args.checkpoint, **options)
-    except WeightsNotFoundError as exc:
-        if args.checkpoint is not None:
-            raise
-        logger.warning("%s", exc)
-        model = load_model(args.model, checkpoint="random", **options)
+    model = _load_model(args, fallback_random=True)
     trained = bool(getattr(model, "trained", True))
+    slide = ihc_slide()
+    args.mpp, args.tile_um, args.overlap, args.min_tissue = None, 112.0, 0.5, 0.1
+    args.batch_size, args.cache, args.quiet = None, "none", getattr(args, "quiet", False)
+    _, emb = _embed(None, model, args, slide=slide)
+    prompts = PromptSet(DEMO_CLASSES)
+    seg = zero_shot_segment(emb, model, prompts, background="background")
+    sim = similarity_map(emb, model, text="colonic gland")
+    call = classify_slide(
+        emb, model, PromptSet({k: v for k, v in DEMO_CLASSES.items() if k != "background"}), top_k=3
+    )
+    out = args.output
+    written = export_all(
+        seg,
+        out,
+        "ihc-sample",
+        emb=emb,
+        similarities=[sim],
+        formats=("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv"),
+    )
     if not trained:
-        print(UNTRAINED_BANNER, file=sys.stderr)
-
-    image = data.immunohistochemistry()  # 512 × 512 RGB, bundled with scikit-image
-    half = image.shape[0] // 2
-    origins = [(y, x) for y in (0, half) for x in (0, half)]
-    tiles = np.stack([image[y : y + half, x : x + half] for y, x in origins])
-
-    features = model.encode_images(tiles)
-    names, weights = class_embeddings(model, args.classes)
-    similarity = model.project(features) @ weights.T
-    probs = softmax_probabilities(similarity, model.logit_scale)
-
+        (out / "UNTRAINED.txt").write_text(
+            "These files were made with an UNTRAINED (random) model: they check that the "
+            "pipeline runs and are NOT results.\n",
+            encoding="utf-8",
+        )
     tag = "" if trained else "  [UNTRAINED — not a result]"
     print(f"model: {model!r}{tag}")
-    width = max(len(n) for n in names)
-    print(f"{'tile (y, x)':<14} {'call':<{width}}  " + "  ".join(f"{n[:10]:>10}" for n in names))
-    rows = []
-    for (y, x), p in zip(origins, probs, strict=True):
-        call = names[int(np.argmax(p))]
-        print(f"({y:>3}, {x:>3})     {call:<{width}}  " + "  ".join(f"{v:>10.3f}" for v in p))
-        rows.append(
-            {
-                "y": y,
-                "x": x,
-                "call": call,
-                "probabilities": dict(zip(names, p.tolist(), strict=True)),
-            }
-        )
-    if args.output:
-        payload = {
-            "model": model.name,
-            "trained": trained,
-            "note": None if trained else "untrained weights: pipeline check, not a result",
-            "tile_px": half,
-            "tiles": rows,
-        }
-        args.output.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.output}")
+    print(f"sample: {slide.name}, {len(emb)} tiles of {emb.grid.tile_um:.0f} µm")
+    print("areas (mm²): " + ", ".join(f"{k} {v:.4f}" for k, v in seg.areas_mm2.items()))
+    print(f"slide call (MI-Zero, top 3): {call.call}{tag}")
+    print(f"wrote {len(written)} files to {out}/")
     return 0
 
 
@@ -263,6 +475,164 @@ def cmd_view(args) -> int:
             precision=args.precision,
         )
     view(slide, model=model, classes=args.classes, block=True)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    if args.scheduler or args.workers:
+        return _embed_distributed(args)
+    model = _load_model(args)
+    for path in args.slides:
+        _, emb = _embed(path, model, args)
+        print(f"{path}: {emb.n_done}/{len(emb)} tiles → {emb.store_path or '(memory)'}")
+    return 0
+
+
+def _embed_distributed(args) -> int:
+    from dask.distributed import Client, LocalCluster
+
+    from .distributed import embed_slides
+
+    if _cache(args) is None:
+        raise ValueError("Distributed embedding writes to a shared cache: give --cache PATH.")
+    spec = {
+        k: getattr(args, k)
+        for k in ("checkpoint", "tokenizer", "device", "precision")
+        if getattr(args, k)
+    }
+    spec["name"] = args.model
+    grid = {"tile_um": args.tile_um, "overlap": args.overlap or None, "min_tissue": args.min_tissue}
+    if args.scheduler:
+        client, cluster = Client(args.scheduler), None
+    else:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
+        client = Client(cluster)
+    try:
+        results = embed_slides(
+            args.slides,
+            spec,
+            client,
+            cache=args.cache,
+            mpp=args.mpp,
+            batch_size=args.batch_size,
+            progress=lambda d, t: print(f"{d}/{t} slides done", file=sys.stderr),
+            **grid,
+        )
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    for path, emb in zip(args.slides, results, strict=True):
+        print(f"{path}: {emb.n_done}/{len(emb)} tiles → {emb.store_path}")
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from .export import export_all
+    from .zeroshot import zero_shot_segment
+
+    model = _load_model(args)
+    prompts = _prompts(args)
+    formats = tuple(args.formats)
+    for path in args.slides:
+        _, emb = _embed(path, model, args)
+        seg = zero_shot_segment(
+            emb, model, prompts, background=args.background, min_confidence=args.min_confidence
+        )
+        written = export_all(seg, args.output, _stem(path), emb=emb, formats=formats)
+        areas = ", ".join(f"{k} {v:.3f}" for k, v in seg.areas_mm2.items())
+        print(f"{path}: areas (mm²) {areas} → {len(written)} files in {args.output}/")
+    return 0
+
+
+def cmd_similarity(args) -> int:
+    from .export import tile_table, to_ome_tiff
+    from .zeroshot import similarity_map
+
+    model = _load_model(args)
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    for path in args.slides:
+        _, emb = _embed(path, model, args)
+        sim = similarity_map(emb, model, text=args.text, negative=args.negative)
+        stem = _stem(path)
+        to_ome_tiff(sim, out / f"{stem}.similarity.ome.tif", what="similarity")
+        tile_table(emb, similarities=[sim], path=out / f"{stem}.similarity.csv")
+        summary = {"query": sim.queries, "contrast_limits": sim.contrast_limits, **sim.metadata}
+        (out / f"{stem}.similarity.json").write_text(
+            json.dumps(summary, indent=2, default=str), encoding="utf-8"
+        )
+        print(
+            f"{path}: similarity {sim.contrast_limits[0]:.3f} … {sim.contrast_limits[1]:.3f} "
+            f"→ {out}/"
+        )
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import pandas as pd
+
+    from .zeroshot import classify_slide
+
+    model = _load_model(args)
+    prompts = _prompts(args)
+    rows = []
+    for path in args.slides:
+        _, emb = _embed(path, model, args)
+        call = classify_slide(emb, model, prompts, top_k=args.top_k)
+        rows.append(
+            {
+                "slide": str(path),
+                "call": call.call,
+                "top_k": call.top_k,
+                "trained": call.trained,
+                **{f"score({n})": s for n, s in call.scores.items()},
+            }
+        )
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    if args.output:
+        table.to_csv(args.output, index=False)
+    return 0
+
+
+def cmd_retrieve(args) -> int:
+    import pandas as pd
+
+    from .zeroshot import retrieve
+
+    model = _load_model(args)
+    sources = [_embed(path, model, args)[1] for path in args.slides]
+    hits = retrieve(sources, model, args.text, k=args.k)
+    table = pd.DataFrame([vars(h) for h in hits])
+    print(table.to_string(index=False) if len(table) else "no tiles")
+    if args.output:
+        table.to_csv(args.output, index=False)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_tiles
+
+    model = _load_model(args)
+    label_map = json.loads(args.label_map.read_text(encoding="utf-8")) if args.label_map else None
+    result = evaluate_tiles(
+        model, args.dataset, _prompts(args), label_map=label_map, batch_size=args.batch_size
+    )
+    for key, value in result.metrics.items():
+        print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+    print("confusion (rows = truth, columns = predicted):")
+    print("  " + " ".join(f"{n[:10]:>10}" for n in result.class_names))
+    for name, row in zip(result.class_names, result.confusion, strict=True):
+        print(f"  {' '.join(f'{v:>10d}' for v in row)}  {name}")
+    if args.output:
+        payload = {
+            **result.metrics,
+            "confusion": result.confusion.tolist(),
+            "class_names": result.class_names,
+            **result.metadata,
+        }
+        args.output.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return 0
 
 
