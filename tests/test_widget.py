@@ -274,3 +274,45 @@ def test_the_writer_saves_labels_layers(loaded, qtbot, tmp_path):
     painted = viewer.add_labels(np.eye(64, dtype=np.uint8), name="painted")
     (path,) = painted.save(str(tmp_path / "painted.geojson"), plugin="napari-conch")
     assert json.loads(Path(path).read_text())["features"][0]["properties"]["name"] == "label 1"
+
+
+def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp_path):
+    import json
+
+    import pandas as pd
+    import tifffile
+
+    viewer, widget = loaded
+    assert not widget.export_button.isEnabled()  # nothing to export yet
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    assert widget.export_button.isEnabled()
+    widget.prompt.setText("necrosis")
+    qtbot.waitUntil(lambda: getattr(widget, "last_similarity", None) is not None, timeout=30_000)
+    _wait(qtbot, widget)
+    layer = viewer.layers["conch labels"]
+    layer.data = layer.data.copy()
+    layer.data[0, 0] = 2  # a correction painted by the pathologist
+    out = tmp_path / "export"
+    widget.export_results(out)
+    _wait(qtbot, widget)
+    stem = "synthetic_slide"
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(
+        f"{stem}{suffix}"
+        for suffix in (
+            ".geojson",
+            ".tiles.geojson",
+            ".ome.zarr",
+            ".labels.ome.tif",
+            ".tiles.csv",
+            ".summary.json",
+        )
+    )
+    np.testing.assert_array_equal(tifffile.imread(out / f"{stem}.labels.ome.tif"), layer.data)
+    table = pd.read_csv(out / f"{stem}.tiles.csv")
+    assert len(table) == len(widget.session.grid)
+    assert "similarity: necrosis" in table.columns
+    summary = json.loads((out / f"{stem}.summary.json").read_text())
+    assert summary["classes"] == ["tumor", "stroma", "necrosis"]
+    assert "Exported 6 files" in widget.status.text()

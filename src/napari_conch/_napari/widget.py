@@ -211,6 +211,12 @@ class ConchWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip(
+            "Write GeoJSON (QuPath), OME-Zarr, OME-TIFF and a tile table into a folder."
+        )
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(lambda: self.export_results())
         self.legend = QLabel("")
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         layout.addWidget(self.class_table)
@@ -220,7 +226,7 @@ class ConchWidget(QWidget):
         form.addRow("Background class", self.background)
         form.addRow("Min. confidence", self.min_confidence)
         layout.addLayout(form)
-        layout.addWidget(_row(self.run_button, self.cancel_button))
+        layout.addWidget(_row(self.run_button, self.cancel_button, self.export_button))
         layout.addWidget(self.legend)
         self.class_table.itemChanged.connect(self._refresh_background_choices)
         return page
@@ -585,6 +591,51 @@ class ConchWidget(QWidget):
         show_scale_bar(self.viewer)
         self.legend.setText(_legend_html(seg))
         self.last_segmentation = seg
+        self.export_button.setEnabled(True)
+
+    def export_results(self, out_dir=None):
+        """Write the last segmentation (with painted corrections), the tile table and the
+        current similarity map with :func:`napari_conch.export.export_all`."""
+        from dataclasses import replace
+
+        from ..export import export_all
+
+        seg = getattr(self, "last_segmentation", None)
+        if seg is None:
+            self._say("Run a segmentation first: there is nothing to export yet.")
+            return None
+        if out_dir is None:
+            out_dir = QFileDialog.getExistingDirectory(self, "Export into folder")
+            if not out_dir:
+                return None
+        layer = next(
+            (
+                layer
+                for layer in self.viewer.layers
+                if layer.name == "conch labels" and type(layer).__name__ == "Labels"
+            ),
+            None,
+        )
+        if layer is not None and np.shape(layer.data) == seg.labels.shape:
+            seg = replace(seg, labels=np.asarray(layer.data).copy())  # keep painted fixes
+        sim = getattr(self, "last_similarity", None)
+        stem = _file_stem(self.session.source.layer_name)
+        formats = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv")
+
+        def done(written):
+            self._say(f"Exported {len(written)} files to {out_dir}.")
+
+        return self._start(
+            export_all,
+            seg,
+            out_dir,
+            stem,
+            emb=self.session.embeddings,
+            similarities=[sim] if sim is not None else [],
+            formats=formats,
+            on_return=done,
+            progress={"total": 0, "desc": "Exporting"},
+        )
 
     def cancel(self) -> None:
         if self._cancel is not None:
@@ -634,6 +685,7 @@ class ConchWidget(QWidget):
 
         def shown(sim):
             if seq == self._prompt_seq:  # a newer prompt was typed meanwhile: drop this one
+                self.last_similarity = sim
                 show_similarity(self.viewer, sim, offset_um=self.session.source.offset_um)
 
         return self._start(
@@ -953,6 +1005,18 @@ def _segmentation_worker(
         slide, model, grid, cache=cache, region=region, cancel=cancel, batch_size=batch_size
     )
     return (yield from steps)
+
+
+def _file_stem(layer_name: str) -> str:
+    """A file-name-safe stem from a layer name ("slide.svs (µm/px unknown)" → "slide")."""
+    import re
+
+    stem = layer_name.split(" (")[0]
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".ndpi"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return re.sub(r"[^\w.-]+", "_", stem).strip("._") or "slide"
 
 
 def _duration(seconds: float) -> str:
