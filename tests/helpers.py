@@ -179,3 +179,105 @@ class ColourModel:
             rows.append(np.asarray(self.COLOURS[name], np.float32) - self.CENTRE)
         out = np.stack(rows).astype(np.float32)
         return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
+
+
+# -- tiny PLIP / QuiltNet folders in their native formats -----------------------------------
+
+
+def _clip_bpe():
+    """The CLIP byte-level BPE vocabulary and merges, built from the file open_clip ships
+    (the same vocabulary PLIP's tokenizer files hold)."""
+    import gzip
+
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    with gzip.open(bpe) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(vocab)}, merges
+
+
+def make_plip_folder(path, seed: int = 0, safetensors: bool = True):
+    """A random tiny CLIP in the transformers format — config.json, weights, tokenizer and
+    preprocessor files — laid out like the vinid/plip repository."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    vocab, merges = _clip_bpe()
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        projection_dim=24,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(path)
+    if not safetensors:  # the older pickle layout (transformers 5 always writes safetensors)
+        from safetensors.torch import load_file
+
+        weights = Path(path) / "model.safetensors"
+        torch.save(load_file(weights), Path(path) / "pytorch_model.bin")
+        weights.unlink()
+    CLIPTokenizer(vocab=vocab, merges=merges).save_pretrained(path)
+    CLIPImageProcessor().save_pretrained(path)
+    return path
+
+
+TINY_OPEN_CLIP = {
+    "model_cfg": {
+        "embed_dim": 24,
+        "vision_cfg": {
+            "image_size": 224,
+            "layers": 2,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 32,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 2,
+        },
+    },
+    "preprocess_cfg": {
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+    },
+}
+
+
+def make_quiltnet_folder(path, seed: int = 0):
+    """A random tiny open_clip model as the QuiltNet hub repository holds it:
+    open_clip_config.json plus open_clip_pytorch_model.bin."""
+    from open_clip.model import CLIP
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = CLIP(**TINY_OPEN_CLIP["model_cfg"]).eval()
+    (path / "open_clip_config.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    torch.save(model.state_dict(), path / "open_clip_pytorch_model.bin")
+    return path

@@ -42,6 +42,7 @@ _LAZY = {
     "available_models": "napari_conch.models",
     "ImageTextModel": "napari_conch.models",
     "ConchModel": "napari_conch.models",
+    "register_model": "napari_conch.models",
     "NapariConchError": "napari_conch.errors",
     "CheckpointError": "napari_conch.errors",
     "WeightsNotFoundError": "napari_conch.errors",
@@ -77,6 +78,7 @@ __all__ = [  # noqa: RUF022 - public API first, then errors
     "ImageTextModel",
     "available_models",
     "load_model",
+    "register_model",
     "CacheError",
     "CheckpointError",
     "MissingMppError",
@@ -101,7 +103,13 @@ if TYPE_CHECKING:  # pragma: no cover
         UnknownModelError,
         WeightsNotFoundError,
     )
-    from .models import ConchModel, ImageTextModel, available_models, load_model
+    from .models import (
+        ConchModel,
+        ImageTextModel,
+        available_models,
+        load_model,
+        register_model,
+    )
     from .prompts import PromptSet
     from .slide import Slide, open_slide
     from .store import CacheError, Embeddings

@@ -4,24 +4,38 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 
 import torch
 
-from ..errors import UnknownModelError, WeightsNotFoundError
+from ..errors import WeightsNotFoundError
 from .conch import ConchModel, build_conch
 from .conch_net import ConchConfig
+from .openclip import OpenClipModel, build_openclip
+from .plip import ClipModel, build_plip
 from .protocol import ImageTextModel, check_model
+from .registry import (
+    ENTRY_POINT_GROUP,
+    available_models,
+    call_factory,
+    model_entry,
+    register_model,
+    unregister_model,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "ClipModel",
     "ConchConfig",
     "ConchModel",
     "ImageTextModel",
+    "OpenClipModel",
     "available_models",
     "check_model",
     "load_model",
+    "register_model",
+    "unregister_model",
 ]
 
 
@@ -38,14 +52,37 @@ def _conch_tiny(**kwargs) -> ConchModel:
     return build_conch(ConchConfig.tiny(), name="conch_tiny", **kwargs)
 
 
-# name → factory(checkpoint=, tokenizer=, device=, precision=, **options)
-_FACTORIES: dict[str, Callable[..., object]] = {"conch": _conch, "conch_tiny": _conch_tiny}
-_ALIASES = {"conch_v1": "conch", "conch-v1": "conch", "conch-tiny": "conch_tiny"}
+def _plip(**kwargs) -> ClipModel:
+    return build_plip(name="plip", **kwargs)
 
 
-def available_models() -> list[str]:
-    """Names accepted by :func:`load_model`."""
-    return sorted(_FACTORIES)
+def _quiltnet(**kwargs) -> OpenClipModel:
+    return build_openclip(name="quiltnet", **kwargs)
+
+
+register_model(
+    "conch",
+    _conch,
+    description="CONCH ViT-B/16, 448 px at 0.5 µm/px (gated: MahmoodLab/conch)",
+    aliases=("conch_v1", "conch-v1"),
+)
+register_model(
+    "conch_tiny",
+    _conch_tiny,
+    description="CONCH code with small widths, for tests (random weights)",
+    aliases=("conch-tiny",),
+)
+register_model(
+    "plip",
+    _plip,
+    description="PLIP CLIP ViT-B/32, 224 px at 0.5 µm/px (open: vinid/plip)",
+)
+register_model(
+    "quiltnet",
+    _quiltnet,
+    description="QuiltNet open_clip ViT-B/32, 224 px at 0.5 µm/px (open: wisdomik/QuiltNet-B-32)",
+    aliases=("quiltnet-b-32", "quilt"),
+)
 
 
 def load_model(
@@ -61,18 +98,25 @@ def load_model(
     Parameters
     ----------
     name : str
-        ``"conch"`` (the released CONCH ViT-B/16), or ``"conch_tiny"`` (same code with small
-        widths, for tests). See :func:`available_models`.
+        ``"conch"`` (the released CONCH ViT-B/16), ``"plip"`` (PLIP, transformers CLIP
+        ViT-B/32), ``"quiltnet"`` (QuiltNet, open_clip ViT-B/32), ``"conch_tiny"`` (CONCH
+        code with small widths, for tests), or any name given to :func:`register_model`
+        (also through the ``napari_conch.models`` entry-point group). See
+        :func:`available_models`.
     checkpoint : str or path, optional
-        A weights file (``.bin``/``.pt``/``.pth``/``.safetensors``), a directory holding one,
-        ``"hf_hub:<repo id>"``, or ``"random"`` for an untrained model (pipeline checks
-        only: it logs a warning and reports ``trained = False``). When omitted:
-        ``$NAPARI_CONCH_CHECKPOINT``, then the Hugging Face cache of ``MahmoodLab/conch``,
-        then a download from the hub if a token is available (``token=`` or ``$HF_TOKEN``).
+        CONCH: a weights file (``.bin``/``.pt``/``.pth``/``.safetensors``) or a directory
+        holding one; PLIP and QuiltNet: the model folder as on the Hugging Face hub (or a
+        weights file inside it); any model: ``"hf_hub:<repo id>"``, or ``"random"`` for an
+        untrained model (pipeline checks only: it logs a warning and reports
+        ``trained = False``). When omitted: ``$NAPARI_CONCH_CHECKPOINT`` (CONCH),
+        ``$NAPARI_CONCH_PLIP`` or ``$NAPARI_CONCH_QUILTNET``, then the Hugging Face cache of
+        ``MahmoodLab/conch`` / ``vinid/plip`` / ``wisdomik/QuiltNet-B-32``, then a download
+        (CONCH is gated and needs a token, ``token=`` or ``$HF_TOKEN``; the others are open).
     tokenizer : str or path, optional
-        The CONCH tokenizer JSON (or its directory). When omitted:
+        CONCH: the tokenizer JSON (or its directory); when omitted
         ``$NAPARI_CONCH_TOKENIZER``, then beside the checkpoint, then the installed ``conch``
-        package (``pip install conch-fork``).
+        package (``pip install conch-fork``). PLIP: a folder with tokenizer files (default:
+        the model folder). QuiltNet uses open_clip's bundled tokenizer.
     device : str or torch.device
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -81,11 +125,14 @@ def load_model(
     **options
         ``token`` (Hugging Face token; never logged or stored), ``input_size`` (e.g. 224:
         the position embedding is resampled as the reference does), ``target_mpp`` (µm/px
-        tiles are read at; CONCH default 0.5), ``seed`` (for ``checkpoint="random"``).
+        tiles are read at; default 0.5 for every built-in model), ``seed`` (for
+        ``checkpoint="random"``); PLIP and QuiltNet also take ``config=`` (the architecture
+        for random weights) and QuiltNet ``arch=`` (an open_clip model name, default
+        ViT-B-32, when no ``open_clip_config.json`` sits beside the weights).
 
     Returns
     -------
-    ConchModel
+    ConchModel, ClipModel, OpenClipModel or your own model
         An object implementing :class:`ImageTextModel`.
 
     Examples
@@ -96,13 +143,17 @@ def load_model(
     """
     if not isinstance(name, str):
         raise TypeError(f"Model name must be a string; got {type(name).__name__}.")
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    factory = _FACTORIES.get(key)
-    if factory is None:
-        raise UnknownModelError(
-            f"Unknown model {name!r}. Available: {', '.join(available_models())}."
-        )
-    return factory(
-        checkpoint=checkpoint, tokenizer=tokenizer, device=device, precision=precision, **options
+    entry = model_entry(name)
+    model = call_factory(
+        entry,
+        checkpoint=checkpoint,
+        tokenizer=tokenizer,
+        device=device,
+        precision=precision,
+        **options,
     )
+    try:
+        check_model(model)
+    except TypeError as exc:
+        raise TypeError(f"The factory of model {entry.name!r} ({entry.source}): {exc}") from exc
+    return model

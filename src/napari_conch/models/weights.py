@@ -17,6 +17,7 @@ are never logged, stored or put into an error message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -144,13 +145,28 @@ def _hub_offline() -> bool:
 
 
 def _download(repo_id: str, filename: str, token) -> WeightsSource:
+    _refuse_offline(repo_id, f"'{filename}'")
+    from huggingface_hub import hf_hub_download
+
+    logger.info("Downloading %s from the Hugging Face hub repository %s ...", filename, repo_id)
+    with _hub_errors(repo_id, filename):
+        # ``token=None`` lets huggingface_hub use $HF_TOKEN or the stored login itself.
+        path = hf_hub_download(repo_id, filename, token=token if token else None)
+    return WeightsSource(Path(path), "hf-hub", repo_id)
+
+
+def _refuse_offline(repo_id: str, what: str) -> None:
     if _hub_offline():
         raise WeightsNotFoundError(
-            f"'{filename}' of {repo_id} is not in the Hugging Face cache and downloads are "
+            f"{what} of {repo_id} is not in the Hugging Face cache and downloads are "
             "disabled (HF_HUB_OFFLINE is set). Unset HF_HUB_OFFLINE on a machine with "
             "internet access, or pass checkpoint=<path to the downloaded file>."
         )
-    from huggingface_hub import hf_hub_download
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, what: str):
+    """Turn huggingface_hub failures into WeightsNotFoundError saying what to do."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -158,10 +174,8 @@ def _download(repo_id: str, filename: str, token) -> WeightsSource:
         RepositoryNotFoundError,
     )
 
-    logger.info("Downloading %s from the Hugging Face hub repository %s ...", filename, repo_id)
     try:
-        # ``token=None`` lets huggingface_hub use $HF_TOKEN or the stored login itself.
-        path = hf_hub_download(repo_id, filename, token=token if token else None)
+        yield
     except GatedRepoError as exc:
         raise WeightsNotFoundError(
             f"{repo_id} is gated and this Hugging Face account has no access yet. Request "
@@ -174,16 +188,132 @@ def _download(repo_id: str, filename: str, token) -> WeightsSource:
         ) from exc
     except LocalEntryNotFoundError as exc:
         raise WeightsNotFoundError(
-            f"Could not download {filename} from {repo_id}: the hub is unreachable and the "
-            "file is not cached. Connect to the internet or pass a local checkpoint path."
+            f"Could not download {what} from {repo_id}: the hub is unreachable and the "
+            "files are not cached. Connect to the internet or pass a local checkpoint path."
         ) from exc
     except HfHubHTTPError as exc:
         raise WeightsNotFoundError(
-            f"Downloading {filename} from {repo_id} failed (HTTP "
+            f"Downloading {what} from {repo_id} failed (HTTP "
             f"{getattr(getattr(exc, 'response', None), 'status_code', '?')}). "
             "Check your token and network, or pass a local checkpoint path."
         ) from exc
-    return WeightsSource(Path(path), "hf-hub", repo_id)
+
+
+# -- model folders (PLIP, QuiltNet, ...) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """The files a model folder holds (a Hugging Face repository snapshot, or a copy of one).
+
+    ``config`` must sit beside the weights when ``config_required``; ``weights`` are tried
+    in order; ``extra`` (tokenizer files, ...) are downloaded with them when present.
+    """
+
+    weights: tuple[str, ...]
+    config: str | None = None
+    config_required: bool = True
+    extra: tuple[str, ...] = ()
+
+
+def find_model_folder(
+    checkpoint: str | os.PathLike | None,
+    *,
+    repo_id: str,
+    layout: FolderLayout,
+    env_var: str,
+    model_name: str,
+    token: str | bool | None = None,
+) -> WeightsSource:
+    """Resolve weights kept as a folder: ``checkpoint=`` (a folder, a weights file, or
+    ``hf_hub:<repo>``), then ``$env_var``, then the Hugging Face cache of ``repo_id``, then a
+    download of the needed files (these repositories are open: no token is needed).
+
+    Returns a :class:`WeightsSource` whose ``path`` is the weights file; its folder holds
+    the config and tokenizer files when there are any.
+    """
+    spec, origin = None, "argument"
+    if checkpoint is not None:
+        spec = str(checkpoint)
+    elif os.environ.get(env_var, "").strip():
+        spec, origin = os.environ[env_var].strip(), "environment"
+    if spec is not None and not spec.startswith(HUB_PREFIX):
+        return _local_folder(Path(spec).expanduser(), origin, layout, env_var, model_name)
+    if spec is not None:
+        repo_id = spec[len(HUB_PREFIX) :].strip("/")
+        if not repo_id:
+            raise ValueError(f"{spec!r} names no repository; use e.g. 'hf_hub:vinid/plip'.")
+    cached = _cached_folder(repo_id, layout)
+    if cached is not None:
+        logger.info("Using %s weights from the Hugging Face cache: %s", model_name, cached)
+        return WeightsSource(cached, "hf-cache", repo_id)
+    if _hub_offline() and spec is None:
+        raise WeightsNotFoundError(
+            f"No {model_name} weights found: nothing in ${env_var}, and {repo_id} is not in "
+            "the Hugging Face cache while downloads are disabled (HF_HUB_OFFLINE is set). "
+            f"Unset HF_HUB_OFFLINE to download it once (it is openly available), or pass "
+            f"checkpoint=<folder with the files of https://huggingface.co/{repo_id}>."
+        )
+    _refuse_offline(repo_id, f"The {model_name} weights")
+    from huggingface_hub import snapshot_download
+
+    patterns = [*layout.weights, *([layout.config] if layout.config else []), *layout.extra]
+    logger.info("Downloading %s from the Hugging Face hub repository %s ...", model_name, repo_id)
+    with _hub_errors(repo_id, f"the {model_name} files"):
+        folder = Path(
+            snapshot_download(repo_id, allow_patterns=patterns, token=token if token else None)
+        )
+    found = _weights_in(folder, layout)
+    if found is None:
+        raise WeightsNotFoundError(
+            f"{repo_id} holds none of {', '.join(layout.weights)}; it is not a "
+            f"{model_name} repository."
+        )
+    return WeightsSource(found, "hf-hub", repo_id)
+
+
+def _weights_in(folder: Path, layout: FolderLayout) -> Path | None:
+    if layout.config and layout.config_required and not (folder / layout.config).is_file():
+        return None
+    return next((folder / n for n in layout.weights if (folder / n).is_file()), None)
+
+
+def _local_folder(path: Path, origin, layout: FolderLayout, env_var, model_name) -> WeightsSource:
+    label = f"${env_var}" if origin == "environment" else "checkpoint"
+    if path.is_file():
+        config = path.parent / layout.config if layout.config else None
+        if layout.config_required and config is not None and not config.is_file():
+            raise WeightsNotFoundError(
+                f"{model_name} needs '{layout.config}' beside the weights file {path}; give "
+                "the whole model folder (as downloaded from the Hugging Face hub) instead."
+            )
+        return WeightsSource(path, origin)
+    if not path.exists():
+        raise WeightsNotFoundError(
+            f"The {label} {path} does not exist. Give a {model_name} folder (the files of "
+            "its Hugging Face repository), a weights file, or 'hf_hub:<repo id>'."
+        )
+    found = _weights_in(path, layout)
+    if found is None:
+        wanted = ", ".join(layout.weights)
+        if layout.config and layout.config_required:
+            wanted = f"'{layout.config}' and one of {wanted}"
+        raise WeightsNotFoundError(
+            f"The {label} folder {path} is not a {model_name} folder: it lacks {wanted}."
+        )
+    return WeightsSource(found, origin)
+
+
+def _cached_folder(repo_id: str, layout: FolderLayout) -> Path | None:
+    if layout.config:
+        config = _from_hf_cache(repo_id, layout.config)
+        if config is None and layout.config_required:
+            return None
+    for name in layout.weights:
+        hit = _from_hf_cache(repo_id, name)
+        if hit is not None:
+            return hit
+    return None
 
 
 def _not_found_message(repo_id: str, filename: str, env_var: str, model_name: str) -> str:
@@ -315,7 +445,9 @@ def split_keys(
     return missing, unexpected, ignored
 
 
-def format_key_problem(path, missing: list[str], unexpected: list[str], model_name: str) -> str:
+def format_key_problem(
+    path, missing: list[str], unexpected: list[str], model_name: str, hint: str | None = None
+) -> str:
     """An error message listing mismatched keys (shortened when there are many)."""
 
     def listing(keys: list[str]) -> str:
@@ -351,8 +483,6 @@ def format_key_problem(path, missing: list[str], unexpected: list[str], model_na
         parts.append(f"  {len(missing)} missing key(s): {listing(missing)}")
     if unexpected:
         parts.append(f"  {len(unexpected)} unexpected key(s): {listing(unexpected)}")
-    parts.append(
-        "Check that the file holds the weights of this model (for CONCH: the "
-        "'pytorch_model.bin' of MahmoodLab/conch)."
-    )
+    hint = hint or "for CONCH: the 'pytorch_model.bin' of MahmoodLab/conch"
+    parts.append(f"Check that the file holds the weights of this model ({hint}).")
     return "\n".join(parts)
