@@ -184,30 +184,15 @@ class ColourModel:
 # -- tiny PLIP / QuiltNet folders in their native formats -----------------------------------
 
 
-def _clip_bpe():
-    """The CLIP byte-level BPE vocabulary and merges, built from the file open_clip ships
-    (the same vocabulary PLIP's tokenizer files hold)."""
-    import gzip
-
-    import open_clip
-    from open_clip.tokenizer import bytes_to_unicode
-
-    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    with gzip.open(bpe) as fh:
-        lines = fh.read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(vocab)}, merges
-
-
 def make_plip_folder(path, seed: int = 0, safetensors: bool = True):
     """A random tiny CLIP in the transformers format — config.json, weights, tokenizer and
     preprocessor files — laid out like the vinid/plip repository."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    vocab, merges = _clip_bpe()
+    from napari_conch.models.plip import bundled_clip_tokenizer
+
+    tokenizer = bundled_clip_tokenizer()
+    vocab = tokenizer.get_vocab()
     config = CLIPConfig(
         text_config={
             "hidden_size": 32,
@@ -239,7 +224,7 @@ def make_plip_folder(path, seed: int = 0, safetensors: bool = True):
         weights = Path(path) / "model.safetensors"
         torch.save(load_file(weights), Path(path) / "pytorch_model.bin")
         weights.unlink()
-    CLIPTokenizer(vocab=vocab, merges=merges).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     CLIPImageProcessor().save_pretrained(path)
     return path
 

@@ -143,8 +143,21 @@ def test_random_weights_are_marked_untrained(plip_dir, caplog):
     with caplog.at_level(logging.WARNING):
         model = load_model("plip", checkpoint="random", config=plip_dir)
     assert not model.trained and "RANDOM" in caplog.text
-    with pytest.raises(ValueError, match="config="):
-        load_model("plip", checkpoint="random")
+    assert model.encode_texts(["tumor"]).shape == (1, 24)
+
+
+def test_folder_without_tokenizer_files_uses_the_bundled_clip_vocabulary(
+    plip, plip_dir, tmp_path, caplog
+):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(plip_dir / name, bare / name)
+    model = load_model("plip", checkpoint=bare)
+    with caplog.at_level(logging.WARNING):
+        got = model.encode_texts(TEXTS)
+    assert "standard CLIP vocabulary" in caplog.text
+    np.testing.assert_allclose(got, plip.encode_texts(TEXTS), atol=1e-6)
 
 
 def test_wrong_checkpoints_are_refused_clearly(plip_dir, quilt_dir, tiny_checkpoint, tmp_path):

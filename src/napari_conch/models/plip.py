@@ -56,7 +56,7 @@ class ClipModel(TorchImageTextModel):
     """A transformers ``CLIPModel`` (PLIP or any CLIP checkpoint in that format) behind the
     napari-conch model protocol. Create it with ``load_model("plip", ...)``."""
 
-    def __init__(self, clip, *, tokenizer_dir: Path, image_mean, image_std, **kwargs):
+    def __init__(self, clip, *, tokenizer_dir: Path | None, image_mean, image_std, **kwargs):
         vision = clip.config.vision_config
         super().__init__(input_size=vision.image_size, embed_dim=vision.hidden_size, **kwargs)
         self.clip = clip
@@ -113,21 +113,46 @@ class ClipModel(TorchImageTextModel):
         return out.float().cpu().numpy()
 
     def info(self) -> dict:
-        return {**super().info(), "tokenizer": str(self.tokenizer_dir)}
+        where = str(self.tokenizer_dir) if self.tokenizer_dir else "bundled CLIP vocabulary"
+        return {**super().info(), "tokenizer": where}
 
 
-def _load_tokenizer(folder: Path, model_name: str):
+def _load_tokenizer(folder: Path | None, model_name: str):
     from transformers import AutoTokenizer
 
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise TokenizerNotFoundError(
-            f"No tokenizer files in {folder} (looked for {', '.join(TOKENIZER_FILES)}). "
-            f"Give the whole {model_name} folder, or tokenizer=<folder with them>."
+    if folder is None or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        logger.warning(
+            "No tokenizer files for %s%s; using the standard CLIP vocabulary that ships with "
+            "open_clip (the one PLIP was trained with).",
+            model_name,
+            f" in {folder}" if folder is not None else "",
         )
+        return bundled_clip_tokenizer()
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
         raise TokenizerNotFoundError(f"The tokenizer in {folder} cannot be read ({exc}).") from exc
+
+
+def bundled_clip_tokenizer():
+    """A transformers CLIPTokenizer built from the CLIP BPE file open_clip installs (the
+    vocabulary of OpenAI CLIP, PLIP and QuiltNet), for folders without tokenizer files."""
+    import gzip
+
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    with gzip.open(bpe) as fh:
+        lines = fh.read().decode("utf-8").split("\n")
+    # The vocabulary has 49408 entries: 256 byte symbols, the same with an end-of-word
+    # marker, 48894 merges and the two special tokens.
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    symbols = list(bytes_to_unicode().values())
+    vocab = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges)]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges)
 
 
 def build_plip(
@@ -147,9 +172,10 @@ def build_plip(
 
     ``checkpoint`` is a folder holding ``config.json``, ``model.safetensors`` or
     ``pytorch_model.bin`` and the tokenizer files; a weights file inside such a folder;
-    ``"hf_hub:<repo>"``; or ``"random"`` (untrained, with ``config=`` a ``CLIPConfig`` or
-    its folder — pipeline checks only). When omitted: ``$NAPARI_CONCH_PLIP``, the Hugging
-    Face cache of ``vinid/plip``, then a download (the weights are open).
+    ``"hf_hub:<repo>"``; or ``"random"`` (untrained — pipeline checks only; the architecture
+    from ``config=``, a ``CLIPConfig`` or its folder, default CLIP ViT-B/32 like PLIP).
+    When omitted: ``$NAPARI_CONCH_PLIP``, the Hugging Face cache of ``vinid/plip``, then a
+    download (the weights are open).
     """
     from transformers import CLIPConfig, CLIPModel
 
@@ -158,12 +184,13 @@ def build_plip(
     prec = resolve_precision(precision, dev)
     random = isinstance(checkpoint, str) and checkpoint.strip().lower() == "random"
     if random:
+        # Without config= the architecture is CLIP ViT-B/32, which is PLIP's.
         if config is None:
-            raise ValueError(
-                f"checkpoint='random' for {name} needs config= (a CLIPConfig or a folder "
-                "with config.json) to know the architecture."
-            )
-        cfg = config if isinstance(config, CLIPConfig) else CLIPConfig.from_pretrained(config)
+            cfg = CLIPConfig()
+        elif isinstance(config, CLIPConfig):
+            cfg = config
+        else:
+            cfg = CLIPConfig.from_pretrained(str(config))
         logger.warning(
             "Building %s with RANDOM weights (seed %d): outputs are meaningless and every "
             "result made with this model is marked untrained. Use it only to check a pipeline.",
@@ -174,7 +201,7 @@ def build_plip(
             torch.manual_seed(seed)
             clip = CLIPModel(cfg)
         source, trained = WeightsSource(None, "random"), False
-        folder = Path(config) if not isinstance(config, CLIPConfig) else None
+        folder = Path(config) if isinstance(config, (str, os.PathLike)) else None
     else:
         source = find_model_folder(
             checkpoint,
