@@ -157,3 +157,52 @@ def test_failures_exit_non_zero_with_a_message(tmp_path):
     assert out.returncode == 1 and "missing.svs" in out.stderr
     out = run("segment", tmp_path / "x.svs", *TINY, "-o", tmp_path, cache=tmp_path)  # no prompts
     assert out.returncode == 2 and "--prompts" in out.stderr
+
+
+def test_segment_compares_models(slides, tmp_path):
+    from helpers import make_plip_folder, make_quiltnet_folder
+
+    plip = make_plip_folder(tmp_path / "plip")
+    quilt = make_quiltnet_folder(tmp_path / "quilt")
+    result = tmp_path / "compare"
+    out = run(
+        "segment",
+        slides[0],
+        "--model",
+        "plip,quiltnet",
+        "--checkpoint",
+        f"{plip},{quilt}",
+        "--classes",
+        "tumor",
+        "stroma",
+        "--formats",
+        "geojson",
+        "csv",
+        "-o",
+        result,
+        cache=tmp_path / "cache",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "model comparison" in out.stdout
+    for model in ("plip", "quiltnet"):
+        summary = json.loads((result / f"case 1.{model}.summary.json").read_text())
+        assert summary["model"] == model and summary["classes"] == ["tumor", "stroma"]
+        assert (result / f"case 1.{model}.geojson").is_file()
+        assert (result / f"case 1.{model}.tiles.csv").is_file()
+    table = (result / "comparison.csv").read_text().splitlines()
+    assert table[0] == "slide,model,tumor,stroma" and len(table) == 3
+    # a mismatched list of checkpoints is refused before any work
+    out = run(
+        "segment",
+        slides[0],
+        "--model",
+        "plip,quiltnet",
+        "--checkpoint",
+        "a,b,c",
+        "--classes",
+        "x",
+        "-o",
+        result,
+        cache=tmp_path / "cache",
+    )
+    assert out.returncode == 1 and "3 values for 2 models" in out.stderr

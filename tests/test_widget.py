@@ -316,3 +316,40 @@ def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp
     summary = json.loads((out / f"{stem}.summary.json").read_text())
     assert summary["classes"] == ["tumor", "stroma", "necrosis"]
     assert "Exported 6 files" in widget.status.text()
+
+
+def test_registered_models_are_listed_and_compared_side_by_side(loaded, qtbot):
+    from helpers import ColourModel
+
+    from napari_conch.models import unregister_model
+
+    viewer, widget = loaded
+    nc.register_model("colour", lambda checkpoint=None: ColourModel(), description="test")
+    try:
+        widget.model_name.showPopup()  # the list is re-read from the registry when opened
+        widget.model_name.hidePopup()
+        assert widget.model_name.findText("colour") >= 0
+        widget.set_classes(["tumor", "stroma", "necrosis"])  # no synonyms: the colour model
+        widget.run_segmentation()  # conch_tiny, loaded by the fixture
+        _wait(qtbot, widget)
+        widget.random_weights.setChecked(False)
+        widget.model_name.setCurrentText("colour")
+        widget.load_model()
+        _wait(qtbot, widget)
+        assert widget.session.model.name == "colour"
+        assert widget.tile_um.value() == 64.0  # the model's own tile size
+        widget.run_segmentation()
+        _wait(qtbot, widget)
+    finally:
+        unregister_model("colour")
+    conch, colour = viewer.layers["conch labels"], viewer.layers["colour labels"]
+    assert list(colour.features["class"]) == ["none", "tumor", "stroma", "necrosis"]
+    assert tuple(colour.scale) == pytest.approx((64.0, 64.0))
+    assert tuple(conch.scale) == pytest.approx((224.0, 224.0))
+    # the colour model knows the planted regions: its labels agree with the ground truth
+    truth = viewer.layers["synthetic ground truth"]
+    centre = np.array(colour.data.shape) // 2
+    y, x = (centre + 0.5) * 64.0
+    assert (
+        colour.data[tuple(centre)] == truth.data[int(y / truth.scale[0]), int(x / truth.scale[1])]
+    )

@@ -44,12 +44,20 @@ FORMATS = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv", "parquet")
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="conch", help="model name (default: conch)")
+    group.add_argument(
+        "--model",
+        default="conch",
+        help="model name: conch (default), plip, quiltnet or a registered one; several "
+        "separated by commas (plip,quiltnet) to compare them on the same slides",
+    )
     group.add_argument(
         "--checkpoint",
-        help="weights file or folder, 'hf_hub:REPO', or 'random' (untrained: a pipeline check)",
+        help="weights file or folder, 'hf_hub:REPO', or 'random' (untrained: a pipeline "
+        "check); with several models, one value for all or one per model, comma-separated",
     )
-    group.add_argument("--tokenizer", help="CONCH tokenizer JSON (default: found automatically)")
+    group.add_argument(
+        "--tokenizer", help="tokenizer file or folder (default: found automatically)"
+    )
     group.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     group.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
 
@@ -176,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--background background -o out/",
             "napari-conch segment *.svs --prompts crc100k_prompts.json --overlap 0.75 -o out/ "
             "--formats geojson csv",
+            "napari-conch segment case.svs --classes tumor stroma --model conch,plip,quiltnet "
+            "-o compare/   # one set of files per model + comparison.csv",
         ],
     )
     segment.add_argument("slides", nargs="+")
@@ -287,21 +297,60 @@ def main(argv: list[str] | None = None) -> int:
 # -- shared steps ----------------------------------------------------------------------------
 
 
-def _load_model(args, *, fallback_random: bool = False):
+def _model_names(args) -> list[str]:
+    names = [n.strip() for n in str(args.model).split(",") if n.strip()]
+    if not names:
+        raise ValueError("--model is empty; give a model name such as conch, plip or quiltnet.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--model names a model twice: {args.model!r}.")
+    return names
+
+
+def _load_model(args, *, fallback_random: bool = False, name: str | None = None, checkpoint=...):
     from .errors import WeightsNotFoundError
     from .models import load_model
 
+    if name is None:
+        names = _model_names(args)
+        if len(names) > 1:
+            raise ValueError(
+                "This command takes one model; compare models with segment, similarity, "
+                "classify, retrieve or evaluate."
+            )
+        name = names[0]
+    checkpoint = args.checkpoint if checkpoint is ... else checkpoint
     options = dict(tokenizer=args.tokenizer, device=args.device, precision=args.precision)
     try:
-        model = load_model(args.model, checkpoint=args.checkpoint, **options)
+        model = load_model(name, checkpoint=checkpoint, **options)
     except WeightsNotFoundError as exc:
-        if not fallback_random or args.checkpoint is not None:
+        if not fallback_random or checkpoint is not None:
             raise
         logger.warning("%s", exc)
-        model = load_model(args.model, checkpoint="random", **options)
+        model = load_model(name, checkpoint="random", **options)
     if not getattr(model, "trained", True):
         print(UNTRAINED_BANNER, file=sys.stderr)
     return model
+
+
+def _load_models(args) -> list:
+    """The models of ``--model a,b`` with their ``--checkpoint`` (one for all, or one each)."""
+    names = _model_names(args)
+    checkpoints = [args.checkpoint] * len(names)
+    if args.checkpoint and len(names) > 1 and "," in args.checkpoint:
+        checkpoints = [c.strip() or None for c in args.checkpoint.split(",")]
+        if len(checkpoints) != len(names):
+            raise ValueError(
+                f"--checkpoint lists {len(checkpoints)} values for {len(names)} models; give "
+                "one for all or one per model, in the same order."
+            )
+    return [
+        _load_model(args, name=n, checkpoint=c) for n, c in zip(names, checkpoints, strict=True)
+    ]
+
+
+def _tagged(stem: str, model, models: list) -> str:
+    """File stem; with several models each one's files carry its name."""
+    return f"{stem}.{model.name}" if len(models) > 1 else stem
 
 
 def _prompts(args):
@@ -362,7 +411,9 @@ def cmd_info(args) -> int:
 
     from . import __version__
     from .errors import NapariConchError
+    from .models import available_models
     from .models.device import available_devices
+    from .models.registry import model_entry
     from .models.tokenizer import find_tokenizer
     from .models.weights import find_checkpoint
 
@@ -381,6 +432,10 @@ def cmd_info(args) -> int:
         print(f"CONCH tokenizer: {find_tokenizer(None, checkpoint_path)}")
     except NapariConchError as exc:
         print(f"CONCH tokenizer: not found. {exc}")
+    print("models (--model):")
+    for name in available_models():
+        entry = model_entry(name)
+        print(f"  {name:<12} {entry.description or entry.source}")
     failed = sum(not _describe_slide(path) for path in args.slides)
     return 1 if failed else 0
 
@@ -461,19 +516,10 @@ def cmd_demo(args) -> int:
 
 def cmd_view(args) -> int:
     from . import view
-    from .models import load_model
     from .slide import open_slide
 
     slide = open_slide(args.slide, mpp=args.mpp) if args.slide else None
-    model = None
-    if args.checkpoint:
-        model = load_model(
-            args.model,
-            checkpoint=args.checkpoint,
-            tokenizer=args.tokenizer,
-            device=args.device,
-            precision=args.precision,
-        )
+    model = _load_model(args) if args.checkpoint else None
     view(slide, model=model, classes=args.classes, block=True)
     return 0
 
@@ -500,7 +546,10 @@ def _embed_distributed(args) -> int:
         for k in ("checkpoint", "tokenizer", "device", "precision")
         if getattr(args, k)
     }
-    spec["name"] = args.model
+    names = _model_names(args)
+    if len(names) > 1:
+        raise ValueError("embed on a cluster takes one model at a time.")
+    spec["name"] = names[0]
     grid = {"tile_um": args.tile_um, "overlap": args.overlap or None, "min_tissue": args.min_tissue}
     if args.scheduler:
         client, cluster = Client(args.scheduler), None
@@ -531,31 +580,48 @@ def cmd_segment(args) -> int:
     from .export import export_all
     from .zeroshot import zero_shot_segment
 
-    model = _load_model(args)
+    models = _load_models(args)
     prompts = _prompts(args)
     formats = tuple(args.formats)
+    rows = []
     for path in args.slides:
-        _, emb = _embed(path, model, args)
-        seg = zero_shot_segment(
-            emb, model, prompts, background=args.background, min_confidence=args.min_confidence
-        )
-        written = export_all(seg, args.output, _stem(path), emb=emb, formats=formats)
-        areas = ", ".join(f"{k} {v:.3f}" for k, v in seg.areas_mm2.items())
-        print(f"{path}: areas (mm²) {areas} → {len(written)} files in {args.output}/")
+        for model in models:
+            _, emb = _embed(path, model, args)
+            seg = zero_shot_segment(
+                emb, model, prompts, background=args.background, min_confidence=args.min_confidence
+            )
+            stem = _tagged(_stem(path), model, models)
+            written = export_all(seg, args.output, stem, emb=emb, formats=formats)
+            areas = ", ".join(f"{k} {v:.3f}" for k, v in seg.areas_mm2.items())
+            tag = f" [{model.name}]" if len(models) > 1 else ""
+            print(f"{path}{tag}: areas (mm²) {areas} → {len(written)} files in {args.output}/")
+            rows.append({"slide": str(path), "model": model.name, **seg.areas_mm2})
+    if len(models) > 1:
+        _print_comparison(rows, "area (mm²) per class", args.output / "comparison.csv")
     return 0
+
+
+def _print_comparison(rows: list[dict], what: str, path=None) -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    print(f"\nmodel comparison — {what}:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if path is not None:
+        table.to_csv(path, index=False)
 
 
 def cmd_similarity(args) -> int:
     from .export import tile_table, to_ome_tiff
     from .zeroshot import similarity_map
 
-    model = _load_model(args)
+    models = _load_models(args)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    for path in args.slides:
+    for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
         sim = similarity_map(emb, model, text=args.text, negative=args.negative)
-        stem = _stem(path)
+        stem = _tagged(_stem(path), model, models)
         to_ome_tiff(sim, out / f"{stem}.similarity.ome.tif", what="similarity")
         tile_table(emb, similarities=[sim], path=out / f"{stem}.similarity.csv")
         summary = {"query": sim.queries, "contrast_limits": sim.contrast_limits, **sim.metadata}
@@ -574,15 +640,16 @@ def cmd_classify(args) -> int:
 
     from .zeroshot import classify_slide
 
-    model = _load_model(args)
+    models = _load_models(args)
     prompts = _prompts(args)
     rows = []
-    for path in args.slides:
+    for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
         call = classify_slide(emb, model, prompts, top_k=args.top_k)
         rows.append(
             {
                 "slide": str(path),
+                **({"model": model.name} if len(models) > 1 else {}),
                 "call": call.call,
                 "top_k": call.top_k,
                 "trained": call.trained,
@@ -601,10 +668,15 @@ def cmd_retrieve(args) -> int:
 
     from .zeroshot import retrieve
 
-    model = _load_model(args)
-    sources = [_embed(path, model, args)[1] for path in args.slides]
-    hits = retrieve(sources, model, args.text, k=args.k)
-    table = pd.DataFrame([vars(h) for h in hits])
+    models = _load_models(args)
+    frames = []
+    for model in models:
+        sources = [_embed(path, model, args)[1] for path in args.slides]
+        hits = pd.DataFrame([vars(h) for h in retrieve(sources, model, args.text, k=args.k)])
+        if len(models) > 1:
+            hits.insert(0, "model", model.name)
+        frames.append(hits)
+    table = pd.concat(frames, ignore_index=True)
     print(table.to_string(index=False) if len(table) else "no tiles")
     if args.output:
         table.to_csv(args.output, index=False)
@@ -614,26 +686,35 @@ def cmd_retrieve(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_tiles
 
-    model = _load_model(args)
+    models = _load_models(args)
     label_map = json.loads(args.label_map.read_text(encoding="utf-8")) if args.label_map else None
-    result = evaluate_tiles(
-        model, args.dataset, _prompts(args), label_map=label_map, batch_size=args.batch_size
-    )
+    payloads = {}
+    for model in models:
+        result = evaluate_tiles(
+            model, args.dataset, _prompts(args), label_map=label_map, batch_size=args.batch_size
+        )
+        if len(models) > 1:
+            print(f"== {model.name} ==")
+        payloads[model.name] = _report_evaluation(result)
+    if args.output:
+        payload = payloads if len(models) > 1 else next(iter(payloads.values()))
+        args.output.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return 0
+
+
+def _report_evaluation(result) -> dict:
     for key, value in result.metrics.items():
         print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
     print("confusion (rows = truth, columns = predicted):")
     print("  " + " ".join(f"{n[:10]:>10}" for n in result.class_names))
     for name, row in zip(result.class_names, result.confusion, strict=True):
         print(f"  {' '.join(f'{v:>10d}' for v in row)}  {name}")
-    if args.output:
-        payload = {
-            **result.metrics,
-            "confusion": result.confusion.tolist(),
-            "class_names": result.class_names,
-            **result.metadata,
-        }
-        args.output.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    return 0
+    return {
+        **result.metrics,
+        "confusion": result.confusion.tolist(),
+        "class_names": result.class_names,
+        **result.metadata,
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

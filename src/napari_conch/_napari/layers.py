@@ -92,6 +92,18 @@ def upsert(viewer, kind: str, name: str, data, **kwargs):
     return layer
 
 
+def layer_prefix(result_or_name) -> str:
+    """Layer-name prefix for a result or model name: "conch" for CONCH (and its tiny test
+    configuration), otherwise the model's name — so results of two models land in their
+    own layers, side by side, and can be compared."""
+    name = result_or_name
+    if not isinstance(name, str) and name is not None:
+        name = (getattr(name, "metadata", None) or {}).get("model", {}).get("name")
+    if not name:
+        return "conch"
+    return name.removesuffix("_tiny")
+
+
 def _placement(result, offset_um=(0.0, 0.0)) -> dict:
     return {
         "scale": tuple(result.scale_um),
@@ -101,10 +113,11 @@ def _placement(result, offset_um=(0.0, 0.0)) -> dict:
 
 
 def show_segmentation(
-    viewer, seg, prefix: str = "conch", offset_um=(0.0, 0.0), update_hidden: bool = True
+    viewer, seg, prefix: str | None = None, offset_um=(0.0, 0.0), update_hidden: bool = True
 ) -> list:
     """Labels layer (class names as features, fixed colours) plus hidden probability and
-    uncertainty layers, all aligned with the slide.
+    uncertainty layers, all aligned with the slide, named "<prefix> labels" and so on
+    (default prefix: from the model that made ``seg``, see :func:`layer_prefix`).
 
     ``update_hidden=False`` (live redraws) leaves existing hidden layers alone: redrawing
     what nobody sees only costs GUI time.
@@ -112,6 +125,7 @@ def show_segmentation(
     from napari.utils.colormaps import DirectLabelColormap
 
     placement = _placement(seg, offset_um)
+    prefix = prefix or layer_prefix(seg)
     name = f"{prefix} labels"
     existing = _find(viewer, name, "labels")
     style = {}
@@ -177,7 +191,8 @@ def show_segmentation(
     return layers
 
 
-def show_similarity(viewer, sim, name: str = "conch similarity", offset_um=(0.0, 0.0)):
+def show_similarity(viewer, sim, name: str | None = None, offset_um=(0.0, 0.0)):
+    name = name or f"{layer_prefix(sim)} similarity"
     values = sim.values if sim.values.ndim == 2 else sim.values[0]
     return upsert(
         viewer,
@@ -231,4 +246,5 @@ def show_mask(viewer, mask, name: str = "conch tissue", offset_um=(0.0, 0.0)):
         scale=tuple(scale),
         translate=tuple(t + o for t, o in zip(translate, offset_um, strict=True)),
         opacity=0.3,
+        metadata={"napari_conch": {"result": mask}},
     )

@@ -39,6 +39,7 @@ from ..errors import NapariConchError
 from . import guard_triton
 from .layers import (
     camera,
+    layer_prefix,
     show_mask,
     show_scale_bar,
     show_segmentation,
@@ -102,15 +103,14 @@ class ConchWidget(QWidget):
     # -- building the tabs ----------------------------------------------------------------
 
     def _model_tab(self) -> QWidget:
-        from ..models import available_models
         from ..models.device import available_devices
 
         page, form = _form()
-        self.model_name = QComboBox()
-        self.model_name.addItems(available_models())
+        self.model_name = _ModelCombo()
+        self.model_name.refresh()
         self.checkpoint = QLineEdit()
         self.checkpoint.setPlaceholderText(
-            "pytorch_model.bin, folder, hf_hub:MahmoodLab/conch, or empty: auto"
+            "weights file or model folder, hf_hub:<repo>, or empty: auto"
         )
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse_checkpoint)
@@ -341,7 +341,7 @@ class ConchWidget(QWidget):
         masks = [
             layer.name
             for layer in self.viewer.layers
-            if type(layer).__name__ in ("Labels", "Shapes") and not layer.name.startswith("conch ")
+            if type(layer).__name__ in ("Labels", "Shapes") and "napari_conch" not in layer.metadata
         ]
         self.mask_layer.blockSignals(True)
         self.mask_layer.clear()
@@ -608,11 +608,12 @@ class ConchWidget(QWidget):
             out_dir = QFileDialog.getExistingDirectory(self, "Export into folder")
             if not out_dir:
                 return None
+        labels_name = f"{layer_prefix(seg)} labels"
         layer = next(
             (
                 layer
                 for layer in self.viewer.layers
-                if layer.name == "conch labels" and type(layer).__name__ == "Labels"
+                if layer.name == labels_name and type(layer).__name__ == "Labels"
             ),
             None,
         )
@@ -963,6 +964,30 @@ class ConchWidget(QWidget):
         for worker in list(self._workers):
             worker.quit()
         super().closeEvent(event)
+
+
+class _ModelCombo(QComboBox):
+    """The registered models; re-read whenever the list opens, so models registered after
+    the widget was created (register_model, entry points) appear."""
+
+    def refresh(self) -> None:
+        from ..models import available_models
+        from ..models.registry import model_entry
+
+        current = self.currentText()
+        names = available_models()
+        self.blockSignals(True)
+        self.clear()
+        for i, name in enumerate(names):
+            self.addItem(name)
+            self.setItemData(i, model_entry(name).description, Qt.ItemDataRole.ToolTipRole)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+
+    def showPopup(self) -> None:
+        self.refresh()
+        super().showPopup()
 
 
 @dataclass
