@@ -94,8 +94,9 @@ def write_strip_pyramid(path, levels, rows_per_strip=8, mpp=0.5):
             assert i
 
 
-def write_ome_zarr(path, levels, mpp=0.5, version="0.4"):
-    """OME-NGFF multiscales, channels first (c, y, x)."""
+def write_ome_zarr(path, levels, mpp=0.5, version="0.4", translation_um=None):
+    """OME-NGFF multiscales, channels first (c, y, x); ``translation_um`` (y, x) places
+    level 0 away from the origin."""
     import zarr
 
     zarr_format = 2 if version == "0.4" else 3
@@ -110,7 +111,12 @@ def write_ome_zarr(path, levels, mpp=0.5, version="0.4"):
             {
                 "path": str(i),
                 "coordinateTransformations": [
-                    {"type": "scale", "scale": [1.0, mpp * factor, mpp * factor]}
+                    {"type": "scale", "scale": [1.0, mpp * factor, mpp * factor]},
+                    *(
+                        [{"type": "translation", "translation": [0.0, *translation_um]}]
+                        if translation_um
+                        else []
+                    ),
                 ],
             }
         )

@@ -22,7 +22,15 @@ def open_image(path: Path) -> Backend:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, _MAX_PIXELS)
-    with Image.open(path) as im:  # reads the header only
+    try:
+        im = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"it declares more pixels than a plain image can hold in memory ({exc}); if it "
+            "is a real slide, convert it to a tiled pyramidal TIFF (e.g. vips tiffsave "
+            "IN OUT.tif --tile --pyramid --compression jpeg) and open that"
+        ) from exc
+    with im:
         width, height = im.size
         mode = im.mode
         dpi = im.info.get("dpi")

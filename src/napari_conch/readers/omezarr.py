@@ -35,7 +35,7 @@ def open_ome_zarr(path: Path) -> Backend:
     metadata = {
         "vendor": "ome-zarr",
         "objective_power": None,
-        "origin_px": (0, 0),
+        "origin_px": _level0_origin(ms, datasets[0], axes),
         "pyramid_source": "file" if len(levels) > 1 else "single level",
         "ngff_version": ms.get("version") or attrs.get("ome", {}).get("version"),
         "axes": "".join(axes),
@@ -66,6 +66,31 @@ def _level0_mpp(ms, dataset, axes, units, path) -> float | None:
         logger.warning("%s: axis unit %r is not a length; µm/px unknown.", Path(path).name, unit)
         return None
     return valid_mpp(scale * factor, "the OME-NGFF scale", path)
+
+
+def _level0_origin(ms, dataset, axes) -> tuple[int, int]:
+    """Where level 0 starts, in its own pixels, from the NGFF translation (kept as metadata:
+    tiles, maps and exports stay in the image's pixel grid, which starts at 0)."""
+    if "y" not in axes or "x" not in axes:
+        return (0, 0)
+    yi, xi = axes.index("y"), axes.index("x")
+    scale, shift = [1.0, 1.0], [0.0, 0.0]
+    for transforms in (
+        dataset.get("coordinateTransformations", []),
+        ms.get("coordinateTransformations", []),
+    ):
+        for t in transforms or []:
+            values = t.get("scale") or t.get("translation")
+            if not values or len(values) <= max(yi, xi):
+                continue
+            if t.get("type") == "scale":
+                scale = [scale[0] * float(values[yi]), scale[1] * float(values[xi])]
+            elif t.get("type") == "translation":
+                shift = [shift[0] + float(values[yi]), shift[1] + float(values[xi])]
+    try:
+        return (round(shift[0] / scale[0]), round(shift[1] / scale[1]))
+    except ZeroDivisionError:
+        return (0, 0)
 
 
 class _ZarrLevel(LevelReader):

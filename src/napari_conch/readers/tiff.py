@@ -81,12 +81,30 @@ def _main_series(tif):
 
 
 def _ordered_levels(levels: list[LevelReader]) -> list[LevelReader]:
-    """Largest first, dropping any level that is not smaller than the one before."""
+    """Largest first, dropping any level that is not smaller than the one before, or whose
+    height and width shrink by different factors (it would be read at the wrong place)."""
     levels = sorted(levels, key=lambda r: -r.shape[0] * r.shape[1])
     kept = [levels[0]]
+    height, width = levels[0].shape[:2]
     for reader in levels[1:]:
-        if reader.shape[0] < kept[-1].shape[0] and reader.shape[1] < kept[-1].shape[1]:
-            kept.append(reader)
+        h, w = reader.shape[:2]
+        if not (h < kept[-1].shape[0] and w < kept[-1].shape[1]):
+            continue
+        # Scanners round level sizes, so allow a pixel of rounding plus 1 %.
+        fy, fx = height / h, width / w
+        if abs(h - height / fx) > 1 + 0.01 * h or abs(w - width / fy) > 1 + 0.01 * w:
+            logger.warning(
+                "Ignoring a pyramid level of %d×%d px: it shrinks the %d×%d image by %.2f "
+                "vertically but %.2f horizontally, so it does not line up with level 0.",
+                w,
+                h,
+                width,
+                height,
+                fy,
+                fx,
+            )
+            continue
+        kept.append(reader)
     return kept
 
 
