@@ -19,6 +19,7 @@ share the lock and skip tiles the other has finished.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -207,9 +208,22 @@ class EmbeddingStore:
         order = np.argsort(positions)
         positions, features = positions[order], np.asarray(features)[order]
         values = features.astype(self.features.dtype, copy=False)
-        with self._lock:
-            self.features.set_orthogonal_selection((positions, slice(None)), values)
-            self.done.set_orthogonal_selection(positions, np.ones(len(positions), bool))
+        try:
+            with self._lock:
+                self.features.set_orthogonal_selection((positions, slice(None)), values)
+                self.done.set_orthogonal_selection(positions, np.ones(len(positions), bool))
+        except OSError as exc:
+            # Chunks are written to a temporary file and renamed, and tiles are marked done
+            # only after their features: a failed write leaves the finished tiles intact.
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                why = "the disk is full (or over quota)"
+            else:
+                why = f"writing failed ({exc.strerror or exc})"
+            raise CacheError(
+                f"Cannot write to the embedding cache at {self.path}: {why}. The tiles "
+                "finished so far are kept; free some space (or choose another cache=PATH) "
+                "and run again to resume."
+            ) from exc
 
     def claim_run(self) -> bool:
         """Try to register as *the* process embedding this store (non-blocking).
