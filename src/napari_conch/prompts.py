@@ -36,6 +36,36 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def _read_json_source(source):
+    """A path to a prompt file, or JSON text (anything that is not an existing file and
+    parses as JSON)."""
+    text = source if isinstance(source, str) else None
+    looks_like_json = text is not None and text.lstrip()[:1] in ("{", "[")
+    if not looks_like_json:
+        path = Path(source)
+        try:
+            is_file = path.is_file()
+        except (OSError, ValueError):  # not a usable path (too long, NUL bytes, ...)
+            is_file = False
+        if is_file:
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"Prompt file {path} is not valid JSON: {exc}") from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"Prompt file {path} cannot be read: {exc}") from exc
+        if text is None:
+            raise FileNotFoundError(f"Prompt file {path} does not exist.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if looks_like_json:
+            raise ValueError(f"Prompt JSON is not valid: {exc}") from exc
+        raise FileNotFoundError(
+            f"Prompt file {source} does not exist (and the text is not JSON either)."
+        ) from exc
+
+
 class PromptSet:
     """Classes, each with synonyms, and the templates they are put into.
 
@@ -107,20 +137,10 @@ class PromptSet:
     def from_json(cls, source) -> PromptSet:
         """Read CONCH's prompt JSON (a path, a JSON string or the parsed dict)."""
         data = source
-        looks_like_json = isinstance(source, str) and source.lstrip()[:1] in ("{", "[")
-        if isinstance(source, (str, os.PathLike)) and not looks_like_json:
-            path = Path(source)
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError as exc:
-                raise FileNotFoundError(f"Prompt file {path} does not exist.") from exc
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"Prompt file {path} is not valid JSON: {exc}") from exc
-        elif isinstance(source, str):
-            try:
-                data = json.loads(source)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"Prompt JSON is not valid: {exc}") from exc
+        if isinstance(source, str) and not source.strip():
+            raise ValueError("The prompt JSON is empty; give a file or a JSON object.")
+        if isinstance(source, (str, os.PathLike)):
+            data = _read_json_source(source)
         if not isinstance(data, Mapping):
             raise ValueError(
                 'Prompt JSON must be an object like {"0": {"classnames": …, "templates": […]}}.'
