@@ -6,7 +6,9 @@ care what they are); the model is full-size CONCH with random weights. Timed sep
 * ``first map``: the first map of a session, which projects and normalises all features once
   (then kept with the embeddings);
 * ``new prompt``: a prompt never seen — text encoding plus the map;
-* ``cached prompt``: a prompt encoded before — the map alone (goal < 50 ms).
+* ``cached prompt``: a prompt encoded before — the map alone (goal < 50 ms);
+* ``churn``: 1,000 different prompts in a row — the median latency of the last 100 over
+  that of the first 100 (1.0 = flat: nothing accumulates from prompt to prompt).
 
     python bench/reprompt.py              # about a minute
     python bench/reprompt.py --tiles 20000 --tiny
@@ -54,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--tiles", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--churn", type=int, default=1000, help="prompts in the churn run")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "reprompt.json")
     args = parser.parse_args(argv)
 
@@ -71,8 +74,21 @@ def main(argv=None) -> dict:
         timed(lambda: nc.zero_shot_segment(emb, model, ["tumor", "stroma", "necrosis"]))
         for _ in range(5)
     ]
+    churn = [
+        timed(lambda i=i: nc.similarity_map(emb, model, text=f"churn prompt {i} of many"))
+        for i in range(args.churn)
+    ]
+    window = max(1, min(100, args.churn // 10))
+    first_w, last_w = statistics.median(churn[:window]), statistics.median(churn[-window:])
     result = {
         "model": model.name,
+        "churn": {
+            "prompts": args.churn,
+            "window": window,
+            "first_median_ms": round(first_w, 1),
+            "last_median_ms": round(last_w, 1),
+            "last_over_first": round(last_w / first_w, 2),
+        },
         "tiles": args.tiles,
         "map_shape": list(nc.similarity_map(emb, model, text="tumor").values.shape),
         "ms": {
@@ -91,6 +107,12 @@ def main(argv=None) -> dict:
     print(f"  cached prompt (map only):               {cached_ms:8.1f} ms (p90 {p90})")
     segment_ms = ms["segmentation_3_classes_cached_median"]
     print(f"  3-class segmentation, cached prompts:   {segment_ms:8.1f} ms")
+    ch = result["churn"]
+    print(
+        f"  {ch['prompts']} prompts in a row: last {ch['window']} / first {ch['window']} "
+        f"median latency = {ch['last_over_first']:.2f} ({ch['last_median_ms']} vs "
+        f"{ch['first_median_ms']} ms)"
+    )
     save_result(result, args.output)
     return result
 

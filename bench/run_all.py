@@ -113,6 +113,14 @@ def render() -> str:
             f"| 3-class segmentation, prompts seen before | {ms['segmentation_3_classes_cached_median']:.0f} ms |",
             "",
         ]
+        ch = rp.get("churn")
+        if ch:
+            parts += [
+                f"{ch['prompts']:,} different prompts in a row: the median latency of the last "
+                f"{ch['window']} is {ch['last_over_first']:.2f}× that of the first {ch['window']} "
+                f"({ch['last_median_ms']} vs {ch['first_median_ms']} ms) — flat, nothing accumulates.",
+                "",
+            ]
     if gl:
         parts += [
             "## GUI responsiveness — `bench/gui_latency.py`",
