@@ -274,6 +274,33 @@ def test_disk_full_during_a_write_keeps_finished_tiles_and_resumes(
     np.testing.assert_array_equal(resumed.features, reference.features)
 
 
+@case("export-fails-midway")
+def test_a_failed_export_leaves_no_half_written_file(tmp_path, tiny_model, monkeypatch):
+    import tifffile
+
+    from napari_conch.export import export_all
+
+    synth = nc.synthetic_slide(size=1024, seed=4)
+    emb = nc.embed(synth.slide, tiny_model, cache=None)
+    seg = nc.zero_shot_segment(emb, tiny_model, PromptSet(["tumor", "stroma"]))
+    out = tmp_path / "out"
+    formats = ("geojson", "ome-zarr", "ome-tiff", "csv")
+    export_all(seg, out, "case", emb=emb, formats=formats)
+    before = (out / "case.labels.ome.tif").read_bytes()
+    real_write = tifffile.TiffWriter.write
+
+    def full_disk(self, *args, **kwargs):
+        real_write(self, *args, **kwargs)  # some bytes reach the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        export_all(seg, out, "case", emb=emb, formats=formats)
+    assert (out / "case.labels.ome.tif").read_bytes() == before  # the old export is intact
+    assert not [p.name for p in out.iterdir() if ".partial" in p.name]
+    assert json.loads((out / "case.geojson").read_text())["type"] == "FeatureCollection"
+
+
 # -- prompts --------------------------------------------------------------------------------
 
 

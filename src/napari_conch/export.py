@@ -15,8 +15,11 @@ Every export records the model, whether its weights were trained, and the prompt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -69,6 +72,31 @@ def _provenance(result) -> dict:
     if not info["trained"]:
         info["note"] = "UNTRAINED model: a pipeline check, not a result"
     return info
+
+
+@contextlib.contextmanager
+def _atomic(path: Path):
+    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` only once the
+    writing succeeded, and is removed otherwise — a failed export (full disk, interrupt)
+    never leaves a half-written file that looks finished."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if path.is_dir() and tmp.is_dir():
+        _remove(path)  # an older export of the same name (a folder cannot be replaced)
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # -- GeoJSON ---------------------------------------------------------------------------------
@@ -154,7 +182,8 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
     }
     text = json.dumps(collection)
     if path is not None:
-        Path(path).write_text(text, encoding="utf-8")
+        with _atomic(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return json.loads(text)  # plain lists, exactly what the file holds
 
 
@@ -164,7 +193,6 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
 def to_ome_zarr(seg, path, *, similarity=None) -> Path:
     """Write an OME-NGFF (0.4) image: class probabilities (and similarity maps) as channels,
     and the label map under ``labels/segmentation`` with class names and colours."""
-    import zarr
 
     path = Path(path)
     channels = [seg.probabilities.astype(np.float32)]
@@ -176,6 +204,14 @@ def to_ome_zarr(seg, path, *, similarity=None) -> Path:
     image = np.concatenate(channels, axis=0)
     scale = [float(v) for v in seg.scale_um]
     translate = [float(v) for v in seg.translate_um]
+    with _atomic(path) as tmp:
+        _write_ome_zarr(tmp, seg, image, names, scale, translate)
+    return path
+
+
+def _write_ome_zarr(path: Path, seg, image, names, scale, translate) -> None:
+    import zarr
+
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     axes_cyx = [
         {"name": "c", "type": "channel"},
@@ -211,7 +247,6 @@ def to_ome_zarr(seg, path, *, similarity=None) -> Path:
         ],
         "source": {"image": "../../"},
     }
-    return path
 
 
 def _write_multiscale(
@@ -286,7 +321,7 @@ def to_ome_tiff(result, path, *, what: str = "labels") -> Path:
         "PhysicalSizeYUnit": "µm",
         "Description": description,
     }
-    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+    with _atomic(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
         tw.write(levels[0], subifds=len(levels) - 1, metadata=metadata, tile=_tile(levels[0]))
         for level in levels[1:]:
             tw.write(level, subfiletype=1, tile=_tile(level))
@@ -335,15 +370,16 @@ def tile_table(emb, seg=None, similarities=(), path=None):
     frame = pd.DataFrame(table)
     if path is not None:
         path = Path(path)
-        if path.suffix.lower() == ".parquet":
-            try:
-                frame.to_parquet(path, index=False)
-            except ImportError as exc:
-                raise ImportError(
-                    "Writing Parquet needs pyarrow: pip install pyarrow (or use .csv)."
-                ) from exc
-        else:
-            frame.to_csv(path, index=False)
+        with _atomic(path) as tmp:
+            if path.suffix.lower() == ".parquet":
+                try:
+                    frame.to_parquet(tmp, index=False)
+                except ImportError as exc:
+                    raise ImportError(
+                        "Writing Parquet needs pyarrow: pip install pyarrow (or use .csv)."
+                    ) from exc
+            else:
+                frame.to_csv(tmp, index=False)
     return frame
 
 
@@ -384,5 +420,6 @@ def export_all(
         "prompts": seg.metadata.get("prompts"),
     }
     written["summary"] = out / f"{stem}.summary.json"
-    written["summary"].write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    with _atomic(written["summary"]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return written
