@@ -10,6 +10,7 @@ PLIP and QuiltNet.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -21,6 +22,8 @@ import torch
 from .device import autocast
 from .preprocess import OPENAI_MEAN, OPENAI_STD, as_image_batch, prepare_batch
 from .weights import WeightsSource
+
+logger = logging.getLogger(__name__)
 
 _TEXT_BATCH = 64
 _TEXT_CACHE_SIZE = 20_000
@@ -227,6 +230,25 @@ def state_dict_digest(state_dict, prefix: str = "") -> str:
     for part in parts:
         h.update(part.encode())
     return h.hexdigest()[:32]
+
+
+def is_random(checkpoint) -> bool:
+    """``checkpoint="random"``: an untrained model, for pipeline checks."""
+    return isinstance(checkpoint, str) and checkpoint.strip().lower() == "random"
+
+
+def build_random(name: str, seed: int, build):
+    """Call ``build()`` under a fixed torch seed (the global RNG is left as it was), after
+    warning that the weights are random."""
+    logger.warning(
+        "Building %s with RANDOM weights (seed %d): outputs are meaningless and every "
+        "result made with this model is marked untrained. Use it only to check a pipeline.",
+        name,
+        seed,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 def check_geometry(input_size, target_mpp, patch_size: int) -> tuple[int | None, float | None]:

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, TokenizerNotFoundError
-from .base import TorchImageTextModel, check_geometry
+from .base import TorchImageTextModel, build_random, check_geometry, is_random
 from .conch_net import ConchConfig, ConchNetwork
 from .device import autocast, resolve_device, resolve_precision
 from .tokenizer import ConchTokenizer, find_tokenizer
 from .weights import (
     WeightsSource,
+    check_shapes,
     find_checkpoint,
     format_key_problem,
     read_state_dict,
@@ -156,17 +157,8 @@ def build_conch(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
 
-    if isinstance(checkpoint, str) and checkpoint.strip().lower() == "random":
-        logger.warning(
-            "Building %s with RANDOM weights (seed %d): outputs are meaningless and every "
-            "result made with this model is marked untrained. Use it only to check a pipeline.",
-            name,
-            seed,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            network = ConchNetwork(config)
-        network = network.to(dev)
+    if is_random(checkpoint):
+        network = build_random(name, seed, lambda: ConchNetwork(config)).to(dev)
         source, trained = WeightsSource(None, "random"), False
     else:
         source = find_checkpoint(checkpoint, repo_id=repo_id, token=token, model_name=name)
@@ -219,18 +211,12 @@ def load_network(
         raise CheckpointError(format_key_problem(path, missing, unexpected, model_name))
     state_dict = {k: v for k, v in state_dict.items() if k in expected}
     _resize_pos_embed(state_dict, expected["visual.trunk.pos_embed"].shape, config)
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise CheckpointError(
-            f"{path} has the right parameter names but other sizes, so it belongs to a "
-            f"different configuration than {model_name}:\n  "
-            + "\n  ".join(wrong[:8])
-            + (f"\n  … ({len(wrong) - 8} more)" if len(wrong) > 8 else "")
-        )
+    check_shapes(
+        state_dict,
+        expected,
+        f"{path} has the right parameter names but other sizes, so it belongs to a "
+        f"different configuration than {model_name}",
+    )
     network = network.to_empty(device=device)
     network.load_state_dict(state_dict, strict=True)
     return network

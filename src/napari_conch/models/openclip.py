@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, TokenizerNotFoundError
-from .base import TorchImageTextModel, check_geometry
+from .base import TorchImageTextModel, build_random, check_geometry, is_random
 from .device import autocast, resolve_device, resolve_precision
 from .plip import CLIP_MEAN, CLIP_STD
 from .weights import (
     FolderLayout,
     WeightsSource,
+    check_shapes,
     find_model_folder,
     format_key_problem,
     read_state_dict,
@@ -150,7 +151,7 @@ def build_openclip(
     _, target_mpp = check_geometry(None, target_mpp, 1)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    random = isinstance(checkpoint, str) and checkpoint.strip().lower() == "random"
+    random = is_random(checkpoint)
     if random:
         source, trained = WeightsSource(None, "random"), False
         cfg = _read_config(config) if config is not None else {}
@@ -173,15 +174,7 @@ def build_openclip(
     model_cfg = cfg.get("model_cfg")
     arch = arch or QUILTNET_ARCH
     if random:
-        logger.warning(
-            "Building %s with RANDOM weights (seed %d): outputs are meaningless and every "
-            "result made with this model is marked untrained. Use it only to check a pipeline.",
-            name,
-            seed,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clip = _create(model_cfg, arch)
+        clip = build_random(name, seed, lambda: _create(model_cfg, arch))
     else:
         clip = _create(model_cfg, arch)
         _load_weights(clip, source.path, name, repo_id)
@@ -250,17 +243,12 @@ def _load_weights(clip, path: Path, name: str, repo_id: str) -> None:
             "open_clip model keep its open_clip_config.json beside the weights or pass arch="
         )
         raise CheckpointError(format_key_problem(path, missing, unexpected, name, hint))
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise CheckpointError(
-            f"{path} has other sizes than the {name} architecture (a different open_clip "
-            "model? pass arch= or keep its open_clip_config.json beside it):\n  "
-            + "\n  ".join(wrong[:8])
-        )
+    check_shapes(
+        state_dict,
+        expected,
+        f"{path} has other sizes than the {name} architecture (a different open_clip "
+        "model? pass arch= or keep its open_clip_config.json beside it)",
+    )
     clip.load_state_dict(state_dict, strict=True)
 
 

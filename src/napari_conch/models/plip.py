@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, TokenizerNotFoundError
-from .base import TorchImageTextModel, check_geometry
+from .base import TorchImageTextModel, build_random, check_geometry, is_random
 from .device import autocast, resolve_device, resolve_precision
 from .weights import (
     FolderLayout,
     WeightsSource,
+    check_shapes,
     find_model_folder,
     format_key_problem,
     read_state_dict,
@@ -182,8 +183,7 @@ def build_plip(
     _, target_mpp = check_geometry(None, target_mpp, 1)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    random = isinstance(checkpoint, str) and checkpoint.strip().lower() == "random"
-    if random:
+    if is_random(checkpoint):
         # Without config= the architecture is CLIP ViT-B/32, which is PLIP's.
         if config is None:
             cfg = CLIPConfig()
@@ -191,15 +191,7 @@ def build_plip(
             cfg = config
         else:
             cfg = CLIPConfig.from_pretrained(str(config))
-        logger.warning(
-            "Building %s with RANDOM weights (seed %d): outputs are meaningless and every "
-            "result made with this model is marked untrained. Use it only to check a pipeline.",
-            name,
-            seed,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clip = CLIPModel(cfg)
+        clip = build_random(name, seed, lambda: CLIPModel(cfg))
         source, trained = WeightsSource(None, "random"), False
         folder = Path(config) if isinstance(config, (str, os.PathLike)) else None
     else:
@@ -253,15 +245,7 @@ def _load_clip(model_class, cfg, path: Path, name: str):
         hint = f"for PLIP: the files of https://huggingface.co/{PLIP_REPO}"
         raise CheckpointError(format_key_problem(path, missing, unexpected, name, hint))
     state_dict = {k: v for k, v in state_dict.items() if k in expected}
-    wrong = [
-        f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if wrong:
-        raise CheckpointError(
-            f"{path} does not match the config.json beside it:\n  " + "\n  ".join(wrong[:8])
-        )
+    check_shapes(state_dict, expected, f"{path} does not match the config.json beside it")
     clip = clip.to_empty(device="cpu")
     clip.load_state_dict(state_dict, strict=True, assign=True)
     # Non-persistent buffers (position ids) are not in the checkpoint: rebuild them.

@@ -486,3 +486,16 @@ def format_key_problem(
     hint = hint or "for CONCH: the 'pytorch_model.bin' of MahmoodLab/conch"
     parts.append(f"Check that the file holds the weights of this model ({hint}).")
     return "\n".join(parts)
+
+
+def check_shapes(state_dict: Mapping, expected: Mapping, problem: str) -> None:
+    """Raise :class:`CheckpointError` (``problem`` + the first differing shapes) when a
+    checkpoint's tensors have other sizes than the model's."""
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        more = f"\n  … ({len(wrong) - 8} more)" if len(wrong) > 8 else ""
+        raise CheckpointError(f"{problem}:\n  " + "\n  ".join(wrong[:8]) + more)
