@@ -241,3 +241,18 @@ def test_plip_long_prompt_is_truncated_with_a_warning(plip, caplog):
     with caplog.at_level(logging.WARNING):
         out = plip.encode_texts(["tumor " * 200])
     assert out.shape == (1, 24) and "truncated" in caplog.text
+
+
+@pytest.mark.parametrize("which", ["plip", "quilt"])
+def test_features_do_not_depend_on_batch_size_or_order(which, plip, quilt):
+    model = {"plip": plip, "quilt": quilt}[which]
+    assert model.cpu_micro_batch > 1  # pieces of several tiles, padded to a fixed size
+    tiles = random_tiles(np.random.default_rng(4), n=13, size=224)
+    whole = model.encode_images(tiles)
+    for size in (1, 3, 8, 13):
+        parts = np.concatenate(
+            [model.encode_images(tiles[i : i + size]) for i in range(0, len(tiles), size)]
+        )
+        np.testing.assert_array_equal(parts, whole)  # bit for bit
+    order = np.random.default_rng(5).permutation(len(tiles))
+    np.testing.assert_array_equal(model.encode_images(tiles[order]), whole[order])
