@@ -96,7 +96,8 @@ def embed(
     batch_size : int, optional
         Tiles per model call (CPU: 8; GPU: from free memory).
     workers : int, optional
-        Reader threads (default: min(4, CPU count)).
+        Reader threads (default: up to 4 when the model runs on a GPU; on the CPU half the
+        cores, at least one, up to 4 — readers and the model share the cores there).
     dtype : {"float32", "float16"}
         Storage type of the cached features.
     on_batch : callable(positions, features), optional
@@ -203,7 +204,7 @@ def embed_steps(
             grid,
         )
     batch_size = int(batch_size or _auto_batch_size(model))
-    workers = int(workers or min(4, os.cpu_count() or 1))
+    workers = int(workers or _default_readers(model))
     empty = np.zeros(0, np.int64)
     yield Progress(already, total, 0.0, empty, np.zeros((0, int(model.embed_dim)), np.float32))
 
@@ -248,6 +249,15 @@ class _Sink:
         else:
             self.features[positions] = values
             self.done[positions] = True
+
+
+def _default_readers(model) -> int:
+    """Reader threads: on a GPU, enough to keep it fed; on the CPU, decoding competes with
+    the model for the same cores (measured on 2 cores: one reader is 15 % faster than two
+    for a ViT-B/32 and the same for CONCH), so half of them."""
+    cpus = os.cpu_count() or 1
+    on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
+    return max(1, min(4, cpus if on_gpu else cpus // 2))
 
 
 def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel):
