@@ -24,11 +24,10 @@ from .plip import CLIP_MEAN, CLIP_STD
 from .weights import (
     FolderLayout,
     WeightsSource,
+    check_keys,
     check_shapes,
     find_model_folder,
-    format_key_problem,
     read_state_dict,
-    split_keys,
 )
 
 logger = logging.getLogger(__name__)
@@ -238,13 +237,11 @@ def _load_weights(clip, path: Path, name: str, repo_id: str) -> None:
     expected = clip.state_dict()
     if "logit_scale" in state_dict and state_dict["logit_scale"].ndim != clip.logit_scale.ndim:
         state_dict["logit_scale"] = state_dict["logit_scale"].reshape(clip.logit_scale.shape)
-    missing, unexpected, _ = split_keys(state_dict, expected)
-    if missing or unexpected:
-        hint = (
-            f"for QuiltNet: the files of https://huggingface.co/{repo_id}; for another "
-            "open_clip model keep its open_clip_config.json beside the weights or pass arch="
-        )
-        raise CheckpointError(format_key_problem(path, missing, unexpected, name, hint))
+    hint = (
+        f"for QuiltNet: the files of https://huggingface.co/{repo_id}; for another "
+        "open_clip model keep its open_clip_config.json beside the weights or pass arch="
+    )
+    check_keys(state_dict, expected, path, name, hint)
     check_shapes(
         state_dict,
         expected,

@@ -21,16 +21,16 @@ from .device import autocast, resolve_device, resolve_precision
 from .weights import (
     FolderLayout,
     WeightsSource,
+    check_keys,
     check_shapes,
     find_model_folder,
-    format_key_problem,
     read_state_dict,
-    split_keys,
 )
 
 logger = logging.getLogger(__name__)
 
 PLIP_REPO = "vinid/plip"
+PLIP_URL = f"https://huggingface.co/{PLIP_REPO}"
 PLIP_ENV = "NAPARI_CONCH_PLIP"
 # PLIP's training images are mostly 20× fields (Twitter, PathLAION): 224 px at 0.5 µm/px,
 # a 112 µm tile, is the usual way to run it on slides. Overridable with target_mpp=.
@@ -242,11 +242,7 @@ def _load_clip(model_class, cfg, path: Path, name: str):
     state_dict = {
         k: v for k, v in state_dict.items() if k in expected or not k.endswith(_IGNORED_SUFFIXES)
     }
-    missing, unexpected, _ = split_keys(state_dict, expected)
-    if missing or unexpected:
-        hint = f"for PLIP: the files of https://huggingface.co/{PLIP_REPO}"
-        raise CheckpointError(format_key_problem(path, missing, unexpected, name, hint))
-    state_dict = {k: v for k, v in state_dict.items() if k in expected}
+    check_keys(state_dict, expected, path, name, f"for PLIP: the files of {PLIP_URL}")
     check_shapes(state_dict, expected, f"{path} does not match the config.json beside it")
     clip = clip.to_empty(device="cpu")
     clip.load_state_dict(state_dict, strict=True, assign=True)

@@ -499,3 +499,10 @@ def check_shapes(state_dict: Mapping, expected: Mapping, problem: str) -> None:
     if wrong:
         more = f"\n  … ({len(wrong) - 8} more)" if len(wrong) > 8 else ""
         raise CheckpointError(f"{problem}:\n  " + "\n  ".join(wrong[:8]) + more)
+
+
+def check_keys(state_dict: Mapping, expected: Mapping, path, model_name: str, hint: str) -> None:
+    """Raise :class:`CheckpointError` listing missing and unexpected keys, if there are any."""
+    missing, unexpected, _ = split_keys(state_dict, expected)
+    if missing or unexpected:
+        raise CheckpointError(format_key_problem(path, missing, unexpected, model_name, hint))
