@@ -419,8 +419,14 @@ def test_a_killed_dask_worker_loses_no_tiles(good_svs, tmp_path, tiny_model):
 
 
 def _done_tiles(cache) -> int:
+    """Tiles finished so far, read while workers create and fill stores: a folder renamed
+    under the scan (a store appearing) just means "look again"."""
+    try:
+        stores = _stores(cache)
+    except FileNotFoundError:
+        return 0
     total = 0
-    for store in _stores(cache):
+    for store in stores:
         with contextlib.suppress(Exception):  # a store being created
             total += nc.Embeddings.open(store).n_done
     return total
