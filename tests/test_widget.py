@@ -353,3 +353,19 @@ def test_registered_models_are_listed_and_compared_side_by_side(loaded, qtbot):
     assert (
         colour.data[tuple(centre)] == truth.data[int(y / truth.scale[0]), int(x / truth.scale[1])]
     )
+
+
+def test_plip_folder_loads_in_the_widget(setup, qtbot, tmp_path):
+    from helpers import make_plip_folder
+
+    _viewer, widget = setup
+    folder = make_plip_folder(tmp_path / "plip")
+    widget.model_name.setCurrentText("plip")
+    widget.random_weights.setChecked(False)
+    widget.checkpoint.setText(str(folder))
+    widget.load_model()
+    _wait(qtbot, widget)
+    assert widget.session.model.name == "plip"
+    assert "input 224 px at 0.5 µm/px" in widget.model_status.text()
+    assert "UNTRAINED" not in widget.model_status.text()
+    assert widget.tile_um.value() == 112.0

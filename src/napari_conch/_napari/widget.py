@@ -112,8 +112,12 @@ class ConchWidget(QWidget):
         self.checkpoint.setPlaceholderText(
             "weights file or model folder, hf_hub:<repo>, or empty: auto"
         )
-        browse = QPushButton("Browse…")
+        browse = QPushButton("File…")
+        browse.setToolTip("A weights file: pytorch_model.bin, .pt, .pth or .safetensors")
         browse.clicked.connect(self._browse_checkpoint)
+        browse_folder = QPushButton("Folder…")
+        browse_folder.setToolTip("A model folder as downloaded from the hub (PLIP, QuiltNet)")
+        browse_folder.clicked.connect(self._browse_checkpoint_folder)
         self.random_weights = QCheckBox("untrained (random) weights — pipeline check only")
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
@@ -127,7 +131,7 @@ class ConchWidget(QWidget):
         self.model_status = QLabel("No model loaded.")
         self.model_status.setWordWrap(True)
         form.addRow("Model", self.model_name)
-        form.addRow("Weights", _row(self.checkpoint, browse))
+        form.addRow("Weights", _row(self.checkpoint, browse, browse_folder))
         form.addRow("", self.random_weights)
         form.addRow("Token", self.token)
         form.addRow("Device", self.device)
@@ -279,8 +283,13 @@ class ConchWidget(QWidget):
 
     def _browse_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "CONCH weights", "", "Weights (*.bin *.pt *.pth *.safetensors)"
+            self, "Model weights", "", "Weights (*.bin *.pt *.pth *.safetensors)"
         )
+        if path:
+            self.checkpoint.setText(path)
+
+    def _browse_checkpoint_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Model folder")
         if path:
             self.checkpoint.setText(path)
 
