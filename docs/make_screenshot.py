@@ -62,7 +62,7 @@ def main() -> None:
         QApplication.processEvents()
         time.sleep(0.02)
     viewer.reset_view()
-    viewer.layers.selection.active = viewer.layers["conch labels"]
+    viewer.layers.selection.active = viewer.layers["colour labels"]  # named after the model
     for _ in range(100):
         QApplication.processEvents()
         time.sleep(0.02)
