@@ -393,14 +393,6 @@ def _embed(path, model, args, slide=None):
     return slide, emb
 
 
-def _stem(path) -> str:
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
 # -- commands --------------------------------------------------------------------------------
 
 
@@ -577,7 +569,7 @@ def _embed_distributed(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .export import export_all
+    from .export import export_all, file_stem
     from .zeroshot import zero_shot_segment
 
     models = _load_models(args)
@@ -590,7 +582,7 @@ def cmd_segment(args) -> int:
             seg = zero_shot_segment(
                 emb, model, prompts, background=args.background, min_confidence=args.min_confidence
             )
-            stem = _tagged(_stem(path), model, models)
+            stem = _tagged(file_stem(path), model, models)
             written = export_all(seg, args.output, stem, emb=emb, formats=formats)
             areas = ", ".join(f"{k} {v:.3f}" for k, v in seg.areas_mm2.items())
             tag = f" [{model.name}]" if len(models) > 1 else ""
@@ -612,7 +604,7 @@ def _print_comparison(rows: list[dict], what: str, path=None) -> None:
 
 
 def cmd_similarity(args) -> int:
-    from .export import tile_table, to_ome_tiff
+    from .export import file_stem, tile_table, to_ome_tiff
     from .zeroshot import similarity_map
 
     models = _load_models(args)
@@ -621,7 +613,7 @@ def cmd_similarity(args) -> int:
     for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
         sim = similarity_map(emb, model, text=args.text, negative=args.negative)
-        stem = _tagged(_stem(path), model, models)
+        stem = _tagged(file_stem(path), model, models)
         to_ome_tiff(sim, out / f"{stem}.similarity.ome.tif", what="similarity")
         tile_table(emb, similarities=[sim], path=out / f"{stem}.similarity.csv")
         summary = {"query": sim.queries, "contrast_limits": sim.contrast_limits, **sim.metadata}

@@ -74,6 +74,16 @@ def _provenance(result) -> dict:
     return info
 
 
+def file_stem(path_or_name) -> str:
+    """The name outputs are called after: the file name without its extension, keeping OME
+    compound suffixes whole ("case.ome.tif" → "case")."""
+    name = Path(path_or_name).name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 @contextlib.contextmanager
 def _atomic(path: Path):
     """Yield a temporary sibling of ``path`` to write; it replaces ``path`` only once the

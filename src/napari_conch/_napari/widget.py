@@ -1045,11 +1045,9 @@ def _file_stem(layer_name: str) -> str:
     """A file-name-safe stem from a layer name ("slide.svs (µm/px unknown)" → "slide")."""
     import re
 
-    stem = layer_name.split(" (")[0]
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".svs", ".tiff", ".tif", ".ndpi"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    from ..export import file_stem
+
+    stem = file_stem(layer_name.split(" (")[0])
     return re.sub(r"[^\w.-]+", "_", stem).strip("._") or "slide"
 
 
