@@ -51,16 +51,28 @@ def test_check_model_names_what_is_missing():
 
 
 def test_uint8_float_and_layouts_agree(tiny_model, rng):
+    """Every accepted form of the same pixels gives bit-identical features: preprocessing
+    brings them into one contiguous layout, so the network always takes the same kernels."""
     tiles = random_tiles(rng, n=2)
     reference = tiny_model.encode_images(tiles)
     assert reference.dtype == np.float32 and reference.shape == (2, 32)
-    chw = tiles.transpose(0, 3, 1, 2)
-    np.testing.assert_array_equal(tiny_model.encode_images(chw), reference)
-    np.testing.assert_array_equal(tiny_model.encode_images(torch.from_numpy(chw)), reference)
-    np.testing.assert_array_equal(tiny_model.encode_images(list(tiles)), reference)
-    np.testing.assert_allclose(tiny_model.encode_images(tiles / 255.0), reference, atol=1e-6)
-    single = tiny_model.encode_images(tiles[0])
-    np.testing.assert_array_equal(single, reference[:1])
+    chw_view = tiles.transpose(0, 3, 1, 2)  # a strided view, not a copy
+    forms = {
+        "numpy CHW view": chw_view,
+        "numpy CHW copy": np.ascontiguousarray(chw_view),
+        "torch CHW view": torch.from_numpy(chw_view),
+        "torch channels_last": torch.from_numpy(np.ascontiguousarray(chw_view)).to(
+            memory_format=torch.channels_last
+        ),
+        "torch HWC": torch.from_numpy(tiles),
+        "list of HWC": list(tiles),
+        "float64 HWC": tiles / 255.0,
+        "float32 CHW view": (tiles / np.float32(255)).astype(np.float32).transpose(0, 3, 1, 2),
+        "float32 torch": torch.from_numpy(tiles).float().div(255).permute(0, 3, 1, 2),
+    }
+    for label, images in forms.items():
+        np.testing.assert_array_equal(tiny_model.encode_images(images), reference, err_msg=label)
+    np.testing.assert_array_equal(tiny_model.encode_images(tiles[0]), reference[:1])
 
 
 def test_cpu_features_do_not_depend_on_batch_composition(tiny_model, rng):

@@ -79,10 +79,13 @@ def prepare_batch(
     """(B, 3, H, W) uint8/float → float32 (B, 3, size, size), resized + normalised on ``device``."""
     non_blocking = device.type == "cuda" and batch.device.type == "cpu" and batch.is_pinned()
     x = batch.to(device, non_blocking=non_blocking)
-    if x.dtype == torch.uint8:
-        x = x.to(torch.float32).div_(255.0)
+    # One canonical layout whatever the input's strides (channels-last numpy tiles arrive as a
+    # permuted view): a channels-last tensor would take other convolution kernels, whose
+    # results differ in the last bits on some CPUs.
+    x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    if batch.dtype == torch.uint8:
+        x = x.div_(255.0)
     else:
-        x = x.to(torch.float32)
         lo, hi = torch.aminmax(x)
         if lo.item() < -_FLOAT_RANGE_SLACK or hi.item() > 1 + _FLOAT_RANGE_SLACK:
             raise ValueError(
