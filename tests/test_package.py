@@ -30,10 +30,11 @@ def test_manifest_validates_and_is_discovered():
     assert pm.get_manifest(DIST).name == DIST
 
 
-def test_manifest_ships_inside_the_package_and_matches_the_top_level_file():
-    shipped = resources.files("napari_conch") / "napari.yaml"
-    assert shipped.is_file()
-    assert shipped.read_text() == (ROOT / "napari.yaml").read_text()
+def test_one_manifest_inside_the_package():
+    shipped = ROOT / "src/napari_conch/napari.yaml"
+    assert shipped.is_file() and not shipped.is_symlink()
+    assert not (ROOT / "napari.yaml").exists(), "one manifest only: the one in the package"
+    assert (resources.files("napari_conch") / "napari.yaml").is_file()
     (entry,) = [ep for ep in metadata.entry_points(group="napari.manifest") if ep.name == DIST]
     assert entry.value == "napari_conch:napari.yaml"
 
@@ -63,7 +64,11 @@ def test_metadata_follows_napari_conventions():
     test_extra = {
         _requirement_name(r) for r in requires if re.search(r"extra\s*==\s*['\"]test['\"]", r)
     }
-    assert {"pytest", "pytest-qt", "pytest-xvfb", "conch-fork"} <= test_extra
+    assert {"pytest", "pytest-qt", "pytest-xvfb", "build", "twine", "ruff"} <= test_extra
+    # text prompts work after a plain install: CONCH's tokenizer comes with conch-fork
+    assert "conch-fork" in {_requirement_name(r) for r in base}
+    assert not any("License ::" in c for c in meta.get_all("Classifier")), "SPDX license only"
+    assert meta["License-Expression"] == "BSD-3-Clause"
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
     assert scripts.get("napari-conch") == "napari_conch.cli:main"
 
@@ -71,7 +76,7 @@ def test_metadata_follows_napari_conventions():
 def test_repository_layout():
     for name in (
         "pyproject.toml",
-        "napari.yaml",
+        "src/napari_conch/napari.yaml",
         "src/napari_conch",
         "tests",
         "docs",
@@ -79,6 +84,20 @@ def test_repository_layout():
         "bench",
     ):
         assert (ROOT / name).exists(), name
+
+
+def test_readme_links_work_off_github():
+    """PyPI and the napari hub show the README without the repository: links to our docs
+    and the screenshot are absolute, and point at files that exist."""
+    readme = (ROOT / "README.md").read_text()
+    assert not re.findall(r"\]\((?!https?://|#)([^)]+)\)", readme), "relative links"
+    ours = re.findall(
+        r"https://(?:github\.com/napari-conch/napari-conch/blob|"
+        r"raw\.githubusercontent\.com/napari-conch/napari-conch)/main/([^)\s]+)",
+        readme,
+    )
+    assert len(ours) > 10 and "docs/images/screenshot.png" in ours
+    assert [p for p in ours if not (ROOT / p).exists()] == []
 
 
 def test_ci_runs_exactly_the_readme_test_command():
@@ -121,3 +140,16 @@ def test_napari_starts_with_the_plugin_registered(make_napari_viewer):
     viewer = make_napari_viewer()
     assert viewer.window is not None
     assert PluginManager.instance().get_manifest(DIST).name == DIST
+
+
+def test_release_workflow_builds_checks_and_publishes_on_version_tags():
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github/workflows/release.yml").read_text())
+    assert workflow[True]["push"]["tags"] == ["v*"]  # YAML reads the key `on` as True
+    build = " ".join(str(step.get("run", "")) for step in workflow["jobs"]["build"]["steps"])
+    assert "python -m build" in build and "twine check --strict" in build
+    assert "__version__" in build  # the tag must name the package's version
+    publish = workflow["jobs"]["publish"]
+    assert publish["needs"] == "build" and publish["permissions"] == {"id-token": "write"}
+    assert any("pypa/gh-action-pypi-publish" in s.get("uses", "") for s in publish["steps"])
