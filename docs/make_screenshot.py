@@ -2,8 +2,9 @@
 
 Runs napari under a virtual display (re-executes itself with ``xvfb-run`` when there is no
 display). CONCH's weights are gated and not available to CI, so the picture uses the
-synthetic sample slide and the colour-based demonstration model from the tests — the same
-widget and code paths; the caption in the README says so.
+synthetic sample slide and the colour toy (``load_model("colour-toy")``, a demonstration
+model that tells the synthetic slide's colours apart) — the same widget and code paths; the
+caption in the README says so.
 
     python docs/make_screenshot.py
 """
@@ -30,9 +31,7 @@ def main() -> None:
         env = {**os.environ, "_NC_SHOT": "1"}
         cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, __file__]
         raise SystemExit(subprocess.call(cmd, env=env))
-    sys.path.insert(0, str(HERE.parent / "tests"))
     import napari
-    from helpers import ColourModel
     from qtpy.QtWidgets import QApplication
 
     import napari_conch as nc
@@ -43,7 +42,7 @@ def main() -> None:
     viewer.layers["synthetic ground truth"].visible = False
     _, widget = nc.view(
         viewer=viewer,
-        model=ColourModel(),
+        model=nc.load_model("colour-toy"),
         block=False,
         classes={
             "tumor": ["tumor"],
@@ -62,7 +61,7 @@ def main() -> None:
         QApplication.processEvents()
         time.sleep(0.02)
     viewer.reset_view()
-    viewer.layers.selection.active = viewer.layers["colour labels"]  # named after the model
+    viewer.layers.selection.active = viewer.layers["colour-toy labels"]  # named after the model
     for _ in range(100):
         QApplication.processEvents()
         time.sleep(0.02)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
+
+from napari_conch.models.colour_toy import ColourToyModel
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -140,45 +141,10 @@ class CountingModel:
         return self._inner.encode_images(images)
 
 
-class ColourModel:
-    """A deterministic model of our own (numpy only) for geometry tests: a tile's feature is
-    its mean colour, centred; a prompt naming a synthetic class maps to that class's colour.
-    So zero-shot answers are known in advance: each planted region wins its own class."""
-
-    name = "colour"
-    input_size = 64
-    target_mpp = 1.0
-    embed_dim = 3
-    logit_scale = float(np.log(100.0))
-    trained = True
-    # mean RGB of background, tumor, stroma, necrosis in napari_conch.synthetic
-    COLOURS: ClassVar[dict] = {
-        "background": (244, 242, 247),
-        "tumor": (112, 62, 152),
-        "stroma": (226, 142, 178),
-        "necrosis": (208, 178, 172),
-    }
-    CENTRE = np.mean(list(COLOURS.values()), axis=0)
-
-    def encode_images(self, images):
-        x = np.asarray(images, np.float32)
-        if x.shape[-1] != 3:
-            x = np.moveaxis(x, 1, -1)
-        return x.mean(axis=(1, 2)) - self.CENTRE
-
-    def project(self, features, normalize=True):
-        f = np.asarray(features, np.float32)
-        return f / np.linalg.norm(f, axis=1, keepdims=True) if normalize else f
-
-    def encode_texts(self, texts, normalize=True):
-        rows = []
-        for text in texts:
-            name = next((n for n in self.COLOURS if n in text.lower()), None)
-            if name is None:
-                raise ValueError(f"ColourModel knows no class in {text!r}")
-            rows.append(np.asarray(self.COLOURS[name], np.float32) - self.CENTRE)
-        out = np.stack(rows).astype(np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize else out
+# The colour toy shipped with the package: a deterministic numpy model for geometry tests
+# (a tile's feature is its mean colour; a prompt naming a synthetic class maps to that class's
+# colour), so zero-shot answers are known in advance.
+ColourModel = ColourToyModel
 
 
 # -- tiny PLIP / QuiltNet folders in their native formats -----------------------------------

@@ -82,6 +82,22 @@ def test_nothing_found_explains_how_to_get_weights(hf_cache):
         assert needle in message
 
 
+def test_messages_name_the_options_of_the_interface_showing_them(hf_cache):
+    """The same error reads as Python, as command-line options, or as the widget's controls."""
+    from napari_conch.errors import describe
+
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_model("conch")
+    cli, gui = describe(info.value, "cli"), describe(info.value, "napari")
+    assert "--checkpoint random" in cli and "--checkpoint /path/to/pytorch_model.bin" in cli
+    assert "$HF_TOKEN" in cli and "--token" not in cli  # a token never goes on a command line
+    assert "'untrained (random) weights'" in gui and "Weights field" in gui
+    assert "Token field" in gui
+    for text in (cli, gui):
+        assert "checkpoint=" not in text and "«" not in text
+    assert describe(ValueError("plain"), "cli") == "plain"
+
+
 def test_offline_hub_request_says_offline(hf_cache):
     with pytest.raises(WeightsNotFoundError, match="HF_HUB_OFFLINE"):
         load_model("conch", checkpoint="hf_hub:MahmoodLab/conch", token=SECRET)

@@ -92,7 +92,8 @@ def test_ome_zarr_reads_back_with_ome_zarr(result, tmp_path):
     path = to_ome_zarr(seg, tmp_path / "seg.ome.zarr", similarity=sim)
     nodes = list(Reader(parse_url(str(path)))())
     image, label = nodes[0], nodes[-1]
-    assert image.data[0].shape == (len(CLASSES) + 1, *seg.labels.shape)
+    # probabilities, uncertainty, similarity
+    assert image.data[0].shape == (len(CLASSES) + 2, *seg.labels.shape)
     transforms = image.metadata["coordinateTransformations"][0]
     assert transforms[0]["scale"][1:] == list(seg.scale_um)
     np.testing.assert_array_equal(np.asarray(label.data[0]), seg.labels)
@@ -139,6 +140,46 @@ def test_export_all_writes_a_summary(result, tmp_path):
     written = export_all(seg, tmp_path, "case", emb=emb, similarities=[sim])
     summary = json.loads(written["summary"].read_text())
     assert summary["classes"] == CLASSES and summary["trained"] is True
-    assert set(summary["files"]) == {"geojson", "ome-zarr", "ome-tiff", "csv"}
+    assert set(summary["files"]) == {"geojson", "ome-zarr", "ome-tiff", "similarity", "csv"}
     for path in summary["files"].values():
         assert (tmp_path / path.split("/")[-1]).exists()
+    assert summary["similarity_queries"] == ["tumor"]
+    assert summary["scale_um"] == list(seg.scale_um)
+    assert summary["translate_um"] == list(seg.translate_um)
+
+
+def test_export_all_writes_both_tables_and_refuses_unknown_formats(result, tmp_path):
+    from napari_conch.export import FORMATS
+
+    emb, seg, sim = result
+    written = export_all(seg, tmp_path, "case", emb=emb, similarities=[sim, sim], formats=FORMATS)
+    assert {"csv", "parquet", "similarity-1", "similarity-2", "geojson-tiles"} <= set(written)
+    assert all(path.exists() for path in written.values())
+    with pytest.raises(ValueError, match="Unknown export formats"):
+        export_all(seg, tmp_path, "case", formats=("geojson", "shapefile"))
+
+
+def test_ome_zarr_export_reads_back_as_the_same_result(result, tmp_path):
+    from napari_conch.readback import read_ome_zarr, read_results
+
+    _, seg, sim = result
+    to_ome_zarr(seg, tmp_path / "case.ome.zarr", similarity=sim)
+    back, (back_sim,) = read_ome_zarr(tmp_path / "case.ome.zarr")
+    np.testing.assert_array_equal(back.labels, seg.labels)
+    np.testing.assert_allclose(back.probabilities, seg.probabilities, equal_nan=True)
+    np.testing.assert_allclose(back.uncertainty, seg.uncertainty, atol=1e-6, equal_nan=True)
+    assert back.class_names == seg.class_names
+    assert back.scale_um == seg.scale_um and back.translate_um == pytest.approx(seg.translate_um)
+    for label in range(1, len(seg.class_names) + 1):
+        np.testing.assert_allclose(back.colors[label], seg.colors[label], atol=1 / 255)
+    assert back.areas_mm2 == pytest.approx(seg.areas_mm2)
+    assert back.metadata["model"]["name"] == seg.metadata["model"]["name"]
+    np.testing.assert_allclose(back_sim.values, sim.values, equal_nan=True)
+    assert back_sim.queries == sim.queries
+    assert [type(r).__name__ for r in read_results(tmp_path)] == [
+        "SegmentationResult",
+        "SimilarityMap",
+    ]
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="holds no napari-conch"):
+        read_results(tmp_path / "other")

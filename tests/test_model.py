@@ -203,7 +203,7 @@ def test_weights_hash_identifies_the_weights(tiny_model, tiny_checkpoint):
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(UnknownModelError, match="Available: conch, conch_tiny"):
+    with pytest.raises(UnknownModelError, match="Available: colour-toy, conch, conch_tiny"):
         load_model("conchh")
     assert {"conch", "conch_tiny"} <= set(available_models())
     with pytest.raises(nc_errors.WeightsNotFoundError, match="test configuration"):

@@ -8,7 +8,8 @@ from slides import pyramid, tissue_like, write_sparse_pyramid, write_svs
 
 from napari_conch._napari.layers import scale_bar
 from napari_conch._napari.reader import napari_get_reader
-from napari_conch._napari.sample_data import IHC_MPP, ihc_sample, synthetic_sample
+from napari_conch._napari.sample_data import ihc_sample, synthetic_sample
+from napari_conch.samples import IHC_MPP
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,35 @@ def test_huge_slide_in_napari_reads_only_visible_chunks(make_napari_viewer, tmp_
     total_level0_tiles = (100_000 // 512 + 1) ** 2
     assert readers[0].segments_read <= 64 < total_level0_tiles
     assert readers[0].bytes_read <= 64 * 512 * 512 * 3
+
+
+@pytest.mark.gui
+def test_view_shows_saved_results_where_they_were_computed(make_napari_viewer, tmp_path):
+    """`napari-conch view SLIDE --results DIR`: the slide written by the demo and the
+    results read back from its exports land in the same µm frame as the originals."""
+    import napari_conch as nc
+    from napari_conch.export import export_all, slide_to_ome_tiff
+
+    synth = nc.synthetic_slide(size=1024, seed=5)
+    model = nc.load_model("colour-toy")
+    grid = nc.tile_grid(synth.slide, model, tile_um=32, overlap=0.5)
+    emb = nc.embed(synth.slide, model, grid, cache=None)
+    seg = nc.zero_shot_segment(
+        emb, model, ["tumor", "stroma", "necrosis", "background"], background="background"
+    )
+    sim = nc.similarity_map(emb, model, text="necrosis")
+    export_all(seg, tmp_path, "case", emb=emb, similarities=[sim], formats=("ome-zarr",))
+    slide_path = slide_to_ome_tiff(synth.slide, tmp_path / "case.ome.tif")
+
+    viewer = make_napari_viewer()
+    nc.view(str(slide_path), viewer=viewer, results=tmp_path, block=False)
+    image = viewer.layers["case.ome.tif"]
+    labels = viewer.layers["colour-toy labels"]
+    heat = viewer.layers["colour-toy similarity"]
+    assert tuple(image.scale) == pytest.approx((0.5, 0.5))
+    np.testing.assert_array_equal(labels.data, seg.labels)
+    assert tuple(labels.scale) == pytest.approx(seg.scale_um)
+    assert tuple(labels.translate) == pytest.approx(seg.translate_um)
+    assert list(labels.features["class"]) == ["none", "tumor", "stroma", "necrosis"]
+    np.testing.assert_allclose(heat.data, sim.values, equal_nan=True)
+    assert tuple(heat.translate) == pytest.approx(sim.translate_um)

@@ -33,7 +33,7 @@ def test_a_custom_model_runs_through_engine_and_analyses(colour_registered):
     grid = nc.tile_grid(synth.slide, model)
     emb = nc.embed(synth.slide, model, grid, cache=None)
     seg = nc.zero_shot_segment(emb, model, nc.PromptSet(["tumor", "stroma", "necrosis"]))
-    assert seg.metadata["model"]["name"] == "colour"
+    assert seg.metadata["model"]["name"] == "colour-toy"  # the model's own name, not the key
     # the colour model knows the planted regions: tile centres get their region's class
     centres = grid.coords * synth.slide.mpp + grid.tile_um / 2
     truth = np.array([synth.label_at_um(y, x) for y, x in centres])

@@ -136,7 +136,8 @@ def test_missing_pixel_size_gives_a_notification(setup, qtbot, tiny_model):
     before = len(_notifications())
     widget.run_segmentation()
     messages = _notifications()[before:]
-    assert any("records no pixel size" in m for m in messages)
+    assert any("records no pixel size" in m and "Pixel size field" in m for m in messages)
+    assert not any("mpp=" in m or "--mpp" in m for m in messages), "widget words only"
     assert "conch labels" not in viewer.layers
     widget.mpp.setValue(0.5)  # entering it makes the slide usable
     assert widget.session.source.slide.mpp == 0.5
@@ -305,6 +306,7 @@ def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp
             ".tiles.geojson",
             ".ome.zarr",
             ".labels.ome.tif",
+            ".similarity.ome.tif",
             ".tiles.csv",
             ".summary.json",
         )
@@ -315,7 +317,9 @@ def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp
     assert "similarity: necrosis" in table.columns
     summary = json.loads((out / f"{stem}.summary.json").read_text())
     assert summary["classes"] == ["tumor", "stroma", "necrosis"]
-    assert "Exported 6 files" in widget.status.text()
+    similarity = tifffile.imread(out / f"{stem}.similarity.ome.tif")
+    np.testing.assert_allclose(similarity, widget.last_similarity.values, equal_nan=True)
+    assert "Exported 7 files" in widget.status.text()
 
 
 def test_registered_models_are_listed_and_compared_side_by_side(loaded, qtbot):
@@ -336,13 +340,13 @@ def test_registered_models_are_listed_and_compared_side_by_side(loaded, qtbot):
         widget.model_name.setCurrentText("colour")
         widget.load_model()
         _wait(qtbot, widget)
-        assert widget.session.model.name == "colour"
+        assert widget.session.model.name == "colour-toy"
         assert widget.tile_um.value() == 64.0  # the model's own tile size
         widget.run_segmentation()
         _wait(qtbot, widget)
     finally:
         unregister_model("colour")
-    conch, colour = viewer.layers["conch labels"], viewer.layers["colour labels"]
+    conch, colour = viewer.layers["conch labels"], viewer.layers["colour-toy labels"]
     assert list(colour.features["class"]) == ["none", "tumor", "stroma", "necrosis"]
     assert tuple(colour.scale) == pytest.approx((64.0, 64.0))
     assert tuple(conch.scale) == pytest.approx((224.0, 224.0))

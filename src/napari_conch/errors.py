@@ -7,9 +7,88 @@ GUI can catch the whole family, while the standard bases (``ValueError``,
 
 from __future__ import annotations
 
+import re
+
+# An instruction to set an option, written «name=value» inside a message. Python users read
+# "pass name=value", the command line "pass --name value", the napari widget the control
+# that sets it; see :func:`for_interface`.
+_OPTION = re.compile(r"«(\w+)=([^»]*)»")
+INTERFACES = ("python", "cli", "napari")
+
+# How each interface sets an option ({value}: the value named in the message, unquoted).
+# Options missing here read "pass name=value" (Python), "pass --name value" (command line)
+# and "set name to value" (widget).
+_PHRASES = {
+    "checkpoint": {
+        "napari": "enter {value} in the Model tab's Weights field (or pick it with File…)",
+    },
+    "tokenizer": {
+        "napari": "set the NAPARI_CONCH_TOKENIZER environment variable to {value} and "
+        "restart napari",
+    },
+    "mpp": {
+        "python": "pass mpp={value} to open_slide",
+        "napari": "enter it in the Slide tab's Pixel size field (for example {value})",
+    },
+    "token": {  # never a command-line argument: process listings would show it
+        "python": "pass token=… (or set $HF_TOKEN, or run `huggingface-cli login`)",
+        "cli": "set $HF_TOKEN (or run `huggingface-cli login`)",
+        "napari": "paste a Hugging Face token into the Model tab's Token field",
+    },
+}
+_SPECIAL = {
+    ("napari", "checkpoint", "random"): "tick 'untrained (random) weights' in the Model tab",
+}
+
+
+def for_interface(message: str, interface: str = "python") -> str:
+    """Render the option instructions in ``message`` for the interface showing it.
+
+    ``«checkpoint='random'»`` becomes "pass checkpoint='random'" for Python,
+    "pass --checkpoint random" on the command line, and "tick 'untrained (random) weights'
+    in the Model tab" in the napari widget.
+    """
+    if interface not in INTERFACES:
+        raise ValueError(f"interface must be one of {INTERFACES}; got {interface!r}.")
+
+    def render(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        bare = value.strip("'\"")
+        special = _SPECIAL.get((interface, name, bare))
+        if special:
+            return special
+        default = {
+            "python": f"pass {name}={value}",
+            "cli": f"pass --{name.replace('_', '-')} {bare}",
+            "napari": f"set {name.replace('_', ' ')} to {bare}",
+        }[interface]
+        phrase = _PHRASES.get(name, {}).get(interface)
+        return phrase.format(value=bare) if phrase else default
+
+    return _OPTION.sub(render, message)
+
+
+def describe(exc: BaseException, interface: str = "python") -> str:
+    """The message of ``exc`` as the given interface should show it."""
+    text = exc.render(interface) if isinstance(exc, NapariConchError) else str(exc)
+    return text or type(exc).__name__
+
 
 class NapariConchError(Exception):
-    """Base class of all napari-conch errors."""
+    """Base class of all napari-conch errors.
+
+    Messages may hold option instructions (``«name=value»``); ``str(exc)`` phrases them for
+    Python, :meth:`render` for the command line or the napari widget.
+    """
+
+    def _raw(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+    def render(self, interface: str = "python") -> str:
+        return for_interface(self._raw(), interface)
+
+    def __str__(self) -> str:
+        return self.render("python")
 
 
 class CheckpointError(NapariConchError, ValueError):
@@ -27,7 +106,7 @@ class TokenizerNotFoundError(NapariConchError, FileNotFoundError):
 class UnknownModelError(NapariConchError, KeyError):
     """``load_model`` was asked for a model name that is not registered."""
 
-    def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
+    def _raw(self) -> str:  # KeyError would otherwise print the repr of the message
         return str(self.args[0]) if self.args else ""
 
 
@@ -37,3 +116,7 @@ class SlideReadError(NapariConchError, OSError):
 
 class MissingMppError(NapariConchError, ValueError):
     """An analysis needs the slide's µm per pixel, which the file does not record."""
+
+
+class OutputError(NapariConchError, OSError):
+    """An output file or folder cannot be written (not a folder, no permission, full disk)."""

@@ -180,20 +180,28 @@ def tile_metrics(y_true, y_pred, probabilities, class_names: Sequence[str]) -> d
     }
 
 
-def segmentation_scores(result, truth: np.ndarray, truth_downsample: float = 1.0) -> dict:
+def segmentation_scores(
+    result,
+    truth: np.ndarray,
+    truth_downsample: float = 1.0,
+    truth_names: Sequence[str] | None = None,
+) -> dict:
     """Dice, precision and recall per class of a :class:`SegmentationResult` against a label
-    mask (0 = background, k = ``result.class_names[k-1]``) whose pixel (i, j) covers level-0
-    pixels [i·d, (i+1)·d), d = ``truth_downsample``. Compared at the result's grid cells
-    (truth sampled at cell centres)."""
-    labels = result.labels
-    s = result.metadata["grid"]["stride_px"]
-    centres = (np.arange(max(labels.shape)) + 0.5) * s / truth_downsample
-    rows = np.clip(centres[: labels.shape[0]].astype(int), 0, truth.shape[0] - 1)
-    cols = np.clip(centres[: labels.shape[1]].astype(int), 0, truth.shape[1] - 1)
-    sampled = truth[np.ix_(rows, cols)]
+    mask whose pixel (i, j) covers level-0 pixels [i·d, (i+1)·d), d = ``truth_downsample``.
+
+    The result is sampled at the centre of every truth pixel (using its placement in µm), so
+    the scores measure areas at the truth's resolution, not at the coarser map cells.
+    ``truth_names[k - 1]`` names truth label k (0 = background); by default the truth uses
+    the result's class order. Classes are matched by name, so a result with extra classes, or
+    in another order, is scored correctly.
+    """
+    truth = np.asarray(truth)
+    names = list(truth_names) if truth_names is not None else list(result.class_names)
+    predicted = _labels_at_truth_pixels(result, truth.shape, truth_downsample)
     scores = {}
-    for k, name in enumerate(result.class_names, start=1):
-        t, p = sampled == k, labels == k
+    for k, name in enumerate(names, start=1):
+        t = truth == k
+        p = predicted == (result.class_names.index(name) + 1 if name in result.class_names else -1)
         tp = float((t & p).sum())
         scores[name] = {
             "dice": 2 * tp / max(t.sum() + p.sum(), 1),
@@ -205,6 +213,28 @@ def segmentation_scores(result, truth: np.ndarray, truth_downsample: float = 1.0
             np.mean([v[metric] for v in scores.values() if isinstance(v, dict)])
         )
     return scores
+
+
+def _labels_at_truth_pixels(result, shape, truth_downsample: float) -> np.ndarray:
+    """The result's label at the centre of each truth pixel (0 outside the map)."""
+    stride_px = float(result.metadata["grid"]["stride_px"])
+    mpp = float(result.scale_um[0]) / stride_px
+    labels = result.labels
+    picks = []
+    for axis in (0, 1):
+        # level-0 pixel k is centred at k·mpp; a truth pixel spans d level-0 pixels
+        centre_um = (np.arange(shape[axis]) * truth_downsample + (truth_downsample - 1) / 2) * mpp
+        scale = float(result.scale_um[axis])
+        start_um = float(result.translate_um[axis]) - scale / 2
+        cells = np.floor((centre_um - start_um) / scale).astype(int)
+        picks.append(cells)
+    rows, cols = picks
+    inside = (rows[:, None] >= 0) & (rows[:, None] < labels.shape[0])
+    inside = inside & (cols[None, :] >= 0) & (cols[None, :] < labels.shape[1])
+    sampled = labels[np.clip(rows, 0, labels.shape[0] - 1)][
+        :, np.clip(cols, 0, labels.shape[1] - 1)
+    ]
+    return np.where(inside, sampled, 0)
 
 
 def slide_scores(

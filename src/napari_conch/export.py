@@ -27,6 +27,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+UNCERTAINTY_CHANNEL = "uncertainty"
+# Every format export_all writes (the CLI's --formats choices).
+FORMATS = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv", "parquet")
+
 
 # -- geometry ------------------------------------------------------------------------------
 
@@ -201,12 +205,13 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
 
 
 def to_ome_zarr(seg, path, *, similarity=None) -> Path:
-    """Write an OME-NGFF (0.4) image: class probabilities (and similarity maps) as channels,
-    and the label map under ``labels/segmentation`` with class names and colours."""
+    """Write an OME-NGFF (0.4) image: class probabilities, the uncertainty (and similarity
+    maps) as channels, and the label map under ``labels/segmentation`` with class names and
+    colours."""
 
     path = Path(path)
-    channels = [seg.probabilities.astype(np.float32)]
-    names = [f"p({n})" for n in seg.class_names]
+    channels = [seg.probabilities.astype(np.float32), seg.uncertainty[None].astype(np.float32)]
+    names = [*(f"p({n})" for n in seg.class_names), UNCERTAINTY_CHANNEL]
     if similarity is not None:
         values = similarity.values if similarity.values.ndim == 3 else similarity.values[None]
         channels.append(values.astype(np.float32))
@@ -339,7 +344,36 @@ def to_ome_tiff(result, path, *, what: str = "labels") -> Path:
 
 
 def _tile(array) -> tuple[int, int] | None:
-    return (256, 256) if min(array.shape) >= 256 else None
+    return (256, 256) if min(array.shape[:2]) >= 256 else None
+
+
+def slide_to_ome_tiff(slide, path, *, quality: int = 90) -> Path:
+    """Write a slide's pyramid as a tiled, JPEG-compressed pyramidal OME-TIFF with its µm per
+    pixel — for in-memory images (the samples, arrays) that the exports should sit on."""
+    import tifffile
+
+    path = Path(path)
+    levels = [np.asarray(level) for level in slide.levels]
+    metadata = {"axes": "YXS", "Name": slide.name}
+    if slide.mpp:
+        metadata.update(
+            PhysicalSizeX=float(slide.mpp),
+            PhysicalSizeXUnit="µm",
+            PhysicalSizeY=float(slide.mpp),
+            PhysicalSizeYUnit="µm",
+        )
+    options = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality}}
+    with _atomic(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
+        tw.write(
+            levels[0],
+            subifds=len(levels) - 1,
+            metadata=metadata,
+            tile=_tile(levels[0]),
+            **options,
+        )
+        for level in levels[1:]:
+            tw.write(level, subfiletype=1, tile=_tile(level), **options)
+    return path
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -402,7 +436,16 @@ def export_all(
     similarities=(),
     formats=("geojson", "ome-zarr", "ome-tiff", "csv"),
 ) -> dict:
-    """Write a segmentation in every requested format into ``out_dir``; returns the paths."""
+    """Write a segmentation (and similarity maps) in every requested format into ``out_dir``.
+
+    ``formats`` is any of :data:`FORMATS`. ``"ome-tiff"`` writes the label image and one
+    float OME-TIFF per similarity map; ``"csv"`` and ``"parquet"`` write the tile table
+    (they need ``emb``). A ``<stem>.summary.json`` with provenance, areas, the maps'
+    placement in µm and the list of files is always written. Returns {kind: path}.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"Unknown export formats {unknown}; choose from {', '.join(FORMATS)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -417,14 +460,20 @@ def export_all(
         written["ome-zarr"] = to_ome_zarr(seg, out / f"{stem}.ome.zarr", similarity=sim)
     if "ome-tiff" in formats:
         written["ome-tiff"] = to_ome_tiff(seg, out / f"{stem}.labels.ome.tif")
-    if emb is not None and ("csv" in formats or "parquet" in formats):
-        suffix = "parquet" if "parquet" in formats else "csv"
-        written[suffix] = out / f"{stem}.tiles.{suffix}"
-        tile_table(emb, seg, similarities, written[suffix])
+        for i, sim in enumerate(similarities):
+            name = "similarity" if len(similarities) == 1 else f"similarity-{i + 1}"
+            written[name] = to_ome_tiff(sim, out / f"{stem}.{name}.ome.tif", what="similarity")
+    for suffix in ("csv", "parquet"):
+        if emb is not None and suffix in formats:
+            written[suffix] = out / f"{stem}.tiles.{suffix}"
+            tile_table(emb, seg, similarities, written[suffix])
     summary = {
         **_provenance(seg),
         "classes": seg.class_names,
         "areas_mm2": seg.areas_mm2,
+        "scale_um": [float(v) for v in seg.scale_um],
+        "translate_um": [float(v) for v in seg.translate_um],
+        "similarity_queries": [q for sim in similarities for q in sim.queries],
         "files": {k: str(v) for k, v in written.items()},
         "slide": seg.metadata.get("slide"),
         "prompts": seg.metadata.get("prompts"),

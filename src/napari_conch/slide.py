@@ -254,10 +254,9 @@ class Slide:
         """The slide's µm/px, or a :class:`MissingMppError` telling the user how to give it."""
         if self.mpp is None:
             raise MissingMppError(
-                f"{self._where()} records no pixel size (µm per pixel), and {action} needs it. "
-                "Pass it when opening: open_slide(path, mpp=0.25) — typically about 0.25 at "
-                "40× and 0.5 at 20×, see the scanner's report — or use --mpp on the command "
-                "line, or enter it in the napari widget."
+                f"{self._where()} records no pixel size (µm per pixel), and {action} needs it: "
+                "«mpp=0.25» (typically about 0.25 at 40× and 0.5 at 20×; see the scanner's "
+                "report)."
             )
         return self.mpp
 

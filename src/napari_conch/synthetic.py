@@ -14,10 +14,10 @@ import numpy as np
 from .slide import Slide
 
 CLASS_NAMES = ("tumor", "stroma", "necrosis")
-# Mean RGB of background and of each planted class (label 1..3).
-_COLOURS = np.array(
-    [(244, 242, 247), (112, 62, 152), (226, 142, 178), (208, 178, 172)], dtype=np.int16
-)
+# Mean RGB of the glass and of each planted class (label 1..3).
+BACKGROUND_COLOUR = (244, 242, 247)
+CLASS_COLOURS = {"tumor": (112, 62, 152), "stroma": (226, 142, 178), "necrosis": (208, 178, 172)}
+_COLOURS = np.array([BACKGROUND_COLOUR, *(CLASS_COLOURS[n] for n in CLASS_NAMES)], dtype=np.int16)
 _NUCLEUS = np.array((62, 38, 104), dtype=np.int16)
 _NUCLEI_PER_MM2 = (0, 9000, 1500, 400)  # background, tumor, stroma, necrosis
 _LABEL_DOWNSAMPLE = 8

@@ -195,7 +195,7 @@ def zero_shot_segment(
     if min_confidence is not None:
         labels[best < float(min_confidence)] = 0
     uncertainty = (
-        _entropy(cell_probs)
+        normalized_entropy(cell_probs)
         if len(names) > 1
         else np.where(covered, 0.0, np.nan).astype(np.float32)
     )
@@ -416,7 +416,9 @@ def _box_sum(a: np.ndarray, k: int) -> np.ndarray:
     return table[:, k:, k:] - table[:, :-k, k:] - table[:, k:, :-k] + table[:, :-k, :-k]
 
 
-def _entropy(probs: np.ndarray) -> np.ndarray:
+def normalized_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy of class probabilities (C, H, W) over C, divided by log C: 0 = certain,
+    1 = uniform; NaN where a probability is NaN."""
     p = np.clip(probs.astype(np.float64), 1e-12, 1.0)
     h = -(p * np.log(p)).sum(axis=0) / np.log(probs.shape[0])
     h[~np.isfinite(probs).all(axis=0)] = np.nan

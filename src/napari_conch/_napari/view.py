@@ -49,7 +49,15 @@ def show(viewer, obj, **kwargs):
     raise TypeError(f"napari_conch.show cannot display a {type(obj).__name__}.")
 
 
-def view(slide=None, model=None, *, viewer=None, classes=None, block: bool | None = None):
+def view(
+    slide=None,
+    model=None,
+    *,
+    viewer=None,
+    classes=None,
+    results=None,
+    block: bool | None = None,
+):
     """Open napari with the napari-conch widget docked (and ``slide`` shown).
 
     Parameters
@@ -61,6 +69,9 @@ def view(slide=None, model=None, *, viewer=None, classes=None, block: bool | Non
         Use this viewer instead of a new one.
     classes : list or dict, optional
         Classes to put in the segmentation table.
+    results : list or path, optional
+        Results to show over the slide: segmentations and similarity maps, or a folder of
+        napari-conch exports (read with :func:`napari_conch.readback.read_results`).
     block : bool, optional
         Run the Qt event loop until the window closes. Default: yes from a script or the
         command line, no inside IPython/Jupyter (where the loop already runs).
@@ -80,6 +91,13 @@ def view(slide=None, model=None, *, viewer=None, classes=None, block: bool | Non
     if slide is not None:
         layer = show(viewer, slide)
         widget.layer_combo.setCurrentText(layer.name)
+    if results is not None:
+        if isinstance(results, (str, os.PathLike)):
+            from ..readback import read_results
+
+            results = read_results(results)
+        for result in results:
+            show(viewer, result)
     if model is not None:
         if isinstance(model, str):
             widget.model_name.setCurrentText(model)

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import NapariConchError
+from ..errors import describe as describe_error
 from . import guard_triton
 from .layers import (
     camera,
@@ -960,7 +961,7 @@ class ConchWidget(QWidget):
         from napari.utils.notifications import show_error
 
         message = (
-            str(exc)
+            describe_error(exc, "napari")  # names the widget's controls, not Python arguments
             if isinstance(exc, (NapariConchError, ValueError, TypeError, OSError))
             else repr(exc)
         )

@@ -8,7 +8,8 @@ import os
 import torch
 
 from ..errors import WeightsNotFoundError
-from .conch import ConchModel, build_conch
+from .colour_toy import COLOUR_TOY, ColourToyModel, build_colour_toy
+from .conch import ConchModel, build_conch, check_conch_text
 from .conch_net import ConchConfig
 from .openclip import OpenClipModel, build_openclip
 from .plip import ClipModel, build_plip
@@ -17,6 +18,7 @@ from .registry import (
     ENTRY_POINT_GROUP,
     available_models,
     call_factory,
+    check_text_side,
     model_entry,
     register_model,
     unregister_model,
@@ -27,12 +29,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ClipModel",
+    "ColourToyModel",
     "ConchConfig",
     "ConchModel",
     "ImageTextModel",
     "OpenClipModel",
     "available_models",
     "check_model",
+    "check_text_side",
     "load_model",
     "register_model",
     "unregister_model",
@@ -46,8 +50,8 @@ def _conch(**kwargs) -> ConchModel:
 def _conch_tiny(**kwargs) -> ConchModel:
     if kwargs.get("checkpoint") is None:
         raise WeightsNotFoundError(
-            "'conch_tiny' is a small test configuration with no published weights; pass "
-            "checkpoint='random' or the path of a checkpoint saved from it."
+            "'conch_tiny' is a small test configuration with no published weights: "
+            "«checkpoint='random'», or give the path of a checkpoint saved from it."
         )
     return build_conch(ConchConfig.tiny(), name="conch_tiny", **kwargs)
 
@@ -65,12 +69,20 @@ register_model(
     _conch,
     description="CONCH ViT-B/16, 448 px at 0.5 µm/px (gated: MahmoodLab/conch)",
     aliases=("conch_v1", "conch-v1"),
+    check_text=check_conch_text,
 )
 register_model(
     "conch_tiny",
     _conch_tiny,
     description="CONCH code with small widths, for tests (random weights)",
     aliases=("conch-tiny",),
+    check_text=check_conch_text,
+)
+register_model(
+    COLOUR_TOY,
+    build_colour_toy,
+    description="colour toy for demos on the synthetic slide: no weights, not a pathology model",
+    aliases=("colour_toy", "color-toy", "color_toy"),
 )
 register_model(
     "plip",
@@ -100,9 +112,10 @@ def load_model(
     name : str
         ``"conch"`` (the released CONCH ViT-B/16), ``"plip"`` (PLIP, transformers CLIP
         ViT-B/32), ``"quiltnet"`` (QuiltNet, open_clip ViT-B/32), ``"conch_tiny"`` (CONCH
-        code with small widths, for tests), or any name given to :func:`register_model`
-        (also through the ``napari_conch.models`` entry-point group). See
-        :func:`available_models`.
+        code with small widths, for tests), ``"colour-toy"`` (a numpy demonstration model
+        that tells the synthetic slide's colours apart; no weights), or any name given to
+        :func:`register_model` (also through the ``napari_conch.models`` entry-point group).
+        See :func:`available_models`.
     checkpoint : str or path, optional
         CONCH: a weights file (``.bin``/``.pt``/``.pth``/``.safetensors``) or a directory
         holding one; PLIP and QuiltNet: the model folder as on the Hugging Face hub (or a

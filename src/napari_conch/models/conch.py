@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, TokenizerNotFoundError
+from ..errors import CheckpointError, TokenizerNotFoundError, WeightsNotFoundError
 from .base import TorchImageTextModel, build_random, check_geometry, is_random
 from .conch_net import ConchConfig, ConchNetwork
 from .device import autocast, resolve_device, resolve_precision
@@ -187,6 +188,21 @@ def build_conch(
         tokenizer_error=tok_error,
         target_mpp=CONCH_TARGET_MPP if target_mpp is None else target_mpp,
     )
+
+
+def check_conch_text(
+    checkpoint: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    repo_id: str = CONCH_REPO,
+) -> Path:
+    """The tokenizer file :func:`build_conch` would use, found without building anything or
+    contacting the hub; raises :class:`TokenizerNotFoundError` with the fix otherwise."""
+    weights_path = None
+    # Missing weights are reported when the model is built; here only the tokenizer counts.
+    if not is_random(checkpoint):
+        with contextlib.suppress(WeightsNotFoundError, ValueError):
+            weights_path = find_checkpoint(checkpoint, repo_id=repo_id, download=False).path
+    return find_tokenizer(tokenizer, weights_path)
 
 
 def load_network(

@@ -34,6 +34,9 @@ class ModelEntry:
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
     source: str = "napari-conch"
+    # Optional: called with load_model's keyword arguments (those it accepts) before a long
+    # job; raises now what prompts would raise later (a missing tokenizer), builds nothing.
+    check_text: Callable[..., None] | None = None
 
 
 _ENTRIES: dict[str, ModelEntry] = {}
@@ -55,6 +58,7 @@ def register_model(
     description: str = "",
     aliases: tuple[str, ...] = (),
     overwrite: bool = False,
+    check_text: Callable[..., None] | None = None,
 ):
     """Make ``factory`` loadable as ``load_model(name)`` and selectable in the widget and CLI.
 
@@ -72,6 +76,10 @@ def register_model(
         Other accepted spellings.
     overwrite : bool
         Replace an existing registration of ``name`` (otherwise that is an error).
+    check_text : callable, optional
+        Called with the ``load_model`` arguments it accepts before a long job that needs
+        prompts; raises (e.g. a missing tokenizer) without building the model, so the
+        command line and the widget fail in a second instead of after embedding a slide.
 
     Examples
     --------
@@ -81,12 +89,24 @@ def register_model(
     """
     if factory is None:
         return lambda f: register_model(
-            name, f, description=description, aliases=aliases, overwrite=overwrite
+            name,
+            f,
+            description=description,
+            aliases=aliases,
+            overwrite=overwrite,
+            check_text=check_text,
         )
     if not callable(factory):
         raise TypeError(f"The factory for {name!r} must be callable; got {factory!r}.")
     key = _key(name)
-    entry = ModelEntry(key, factory, description, tuple(_key(a) for a in aliases), _where(factory))
+    entry = ModelEntry(
+        key,
+        factory,
+        description,
+        tuple(_key(a) for a in aliases),
+        _where(factory),
+        check_text,
+    )
     with _LOCK:
         taken = key in _ENTRIES or key in _ALIASES
         if taken and not overwrite:
@@ -133,24 +153,36 @@ def model_entry(name: str) -> ModelEntry:
     return entry
 
 
+def check_text_side(name: str, **kwargs) -> None:
+    """Raise now if prompts for model ``name`` would fail later (e.g. CONCH without its
+    tokenizer); builds nothing. Models registered without a ``check_text`` always pass."""
+    entry = model_entry(name)
+    if entry.check_text is not None:
+        _call_accepting(entry.check_text, entry, kwargs, strict=False)
+
+
 def call_factory(entry: ModelEntry, **kwargs) -> object:
     """Call a factory with the arguments its signature accepts (None values dropped when it
     does not take them, so simple user factories need not list every option)."""
+    return _call_accepting(entry.factory, entry, kwargs)
+
+
+def _call_accepting(function, entry: ModelEntry, kwargs: dict, strict: bool = True):
     try:
-        params = inspect.signature(entry.factory).parameters
+        params = inspect.signature(function).parameters
     except (TypeError, ValueError):  # builtins without a signature: pass everything
-        return entry.factory(**kwargs)
+        return function(**kwargs)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return entry.factory(**kwargs)
+        return function(**kwargs)
     unknown = [k for k, v in kwargs.items() if k not in params and v is not None]
     unused_defaults = {"device": "auto", "precision": "auto"}
     unknown = [k for k in unknown if unused_defaults.get(k, object()) != kwargs[k]]
-    if unknown:
+    if unknown and strict:
         raise TypeError(
             f"The factory of model {entry.name!r} ({entry.source}) does not accept "
             f"{', '.join(unknown)}."
         )
-    return entry.factory(**{k: v for k, v in kwargs.items() if k in params})
+    return function(**{k: v for k, v in kwargs.items() if k in params})
 
 
 def _where(factory) -> str:

@@ -32,10 +32,10 @@ TOKENIZER_FILENAME = "conch_byte_level_bpe_uncased.json"
 _PACKAGE_SUBPATH = ("open_clip_custom", "tokenizers", TOKENIZER_FILENAME)
 
 HOW_TO_GET = (
-    "The CONCH tokenizer file '{name}' was not found. Install the reference package with "
-    "`pip install conch-fork` (or the official CONCH repository), or download the file from "
-    "https://github.com/mahmoodlab/CONCH (conch/open_clip_custom/tokenizers/) and pass "
-    "tokenizer='/path/to/{name}' or set ${env}."
+    "The CONCH tokenizer file '{name}' was not found. It comes with the reference package "
+    "conch-fork, which napari-conch installs: `pip install conch-fork` repairs an environment "
+    "that lost it. Or download the file from https://github.com/mahmoodlab/CONCH "
+    "(conch/open_clip_custom/tokenizers/) and «tokenizer='/path/to/{name}'», or set ${env}."
 )
 
 

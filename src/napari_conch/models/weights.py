@@ -67,8 +67,12 @@ def find_checkpoint(
     token: str | bool | None = None,
     env_var: str = CHECKPOINT_ENV,
     model_name: str = "conch",
+    download: bool = True,
 ) -> WeightsSource:
     """Resolve a checkpoint request to a local file, downloading from the hub only if asked.
+
+    ``download=False`` looks only on this machine (argument, environment, Hugging Face
+    cache) and never contacts the hub.
 
     Raises
     ------
@@ -76,21 +80,28 @@ def find_checkpoint(
         Nothing was found; the message lists every place searched and how to get the weights.
     """
     if checkpoint is not None:
-        return _resolve_spec(str(checkpoint), "argument", filename, token)
+        return _resolve_spec(str(checkpoint), "argument", filename, token, download=download)
     env_value = os.environ.get(env_var, "").strip()
     if env_value:
-        return _resolve_spec(env_value, "environment", filename, token, env_var=env_var)
+        return _resolve_spec(
+            env_value, "environment", filename, token, env_var=env_var, download=download
+        )
     cached = _from_hf_cache(repo_id, filename)
     if cached is not None:
         logger.info("Using %s weights from the Hugging Face cache: %s", model_name, cached)
         return WeightsSource(cached, "hf-cache", repo_id)
-    if _have_token(token) and not _hub_offline():
+    if download and _have_token(token) and not _hub_offline():
         return _download(repo_id, filename, token)
     raise WeightsNotFoundError(_not_found_message(repo_id, filename, env_var, model_name))
 
 
 def _resolve_spec(
-    spec: str, origin: str, filename: str, token, env_var: str = CHECKPOINT_ENV
+    spec: str,
+    origin: str,
+    filename: str,
+    token,
+    env_var: str = CHECKPOINT_ENV,
+    download: bool = True,
 ) -> WeightsSource:
     if spec.startswith(HUB_PREFIX):
         repo_id = spec[len(HUB_PREFIX) :].strip("/")
@@ -99,6 +110,8 @@ def _resolve_spec(
         cached = _from_hf_cache(repo_id, filename)
         if cached is not None:
             return WeightsSource(cached, "hf-cache", repo_id)
+        if not download:
+            raise WeightsNotFoundError(f"{filename} of {repo_id} is not in the Hugging Face cache.")
         return _download(repo_id, filename, token)
     path = Path(spec).expanduser()
     label = f"${env_var}" if origin == "environment" else "checkpoint"
@@ -160,7 +173,7 @@ def _refuse_offline(repo_id: str, what: str) -> None:
         raise WeightsNotFoundError(
             f"{what} of {repo_id} is not in the Hugging Face cache and downloads are "
             "disabled (HF_HUB_OFFLINE is set). Unset HF_HUB_OFFLINE on a machine with "
-            "internet access, or pass checkpoint=<path to the downloaded file>."
+            "internet access, or «checkpoint=<path to the downloaded file>»."
         )
 
 
@@ -251,8 +264,8 @@ def find_model_folder(
         raise WeightsNotFoundError(
             f"No {model_name} weights found: nothing in ${env_var}, and {repo_id} is not in "
             "the Hugging Face cache while downloads are disabled (HF_HUB_OFFLINE is set). "
-            f"Unset HF_HUB_OFFLINE to download it once (it is openly available), or pass "
-            f"checkpoint=<folder with the files of https://huggingface.co/{repo_id}>."
+            "Unset HF_HUB_OFFLINE to download it once (it is openly available), or "
+            f"«checkpoint=<folder with the files of https://huggingface.co/{repo_id}>»."
         )
     _refuse_offline(repo_id, f"The {model_name} weights")
     from huggingface_hub import snapshot_download
@@ -320,11 +333,10 @@ def _not_found_message(repo_id: str, filename: str, env_var: str, model_name: st
     return (
         f"No {model_name} weights found. The weights are gated: request access at "
         f"https://huggingface.co/{repo_id}, then either\n"
-        f"  - download '{filename}' and pass checkpoint='/path/to/{filename}' "
+        f"  - download '{filename}' and «checkpoint='/path/to/{filename}'» "
         f"(or set ${env_var}), or\n"
-        f"  - set $HF_TOKEN (or run `huggingface-cli login`) so napari-conch can download it "
-        f"once into the Hugging Face cache, or pass checkpoint='{HUB_PREFIX}{repo_id}'.\n"
-        "To check the pipeline without weights use checkpoint='random' (results are "
+        "  - «token=…» so napari-conch can download it once into the Hugging Face cache.\n"
+        "To check the pipeline without weights, «checkpoint='random'» (results are "
         "meaningless and marked untrained)."
     )
 

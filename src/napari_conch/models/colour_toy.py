@@ -1,0 +1,110 @@
+"""The colour toy: a demonstration model that knows colours, not pathology.
+
+It implements the model protocol with numpy alone (no weights, no download, no torch), so
+the whole pipeline — tiling, embedding, segmentation, similarity, exports, napari — can be
+tried on any machine and checked against a known answer. A tile's feature is its mean colour
+(centred on the palette); a prompt that names one of the synthetic slide's classes
+(:mod:`napari_conch.synthetic`) embeds as that class's colour. On the synthetic slide every
+planted region therefore wins its own class, and a segmentation can be scored against the
+truth. On real tissue its answers mean nothing: it is a toy, and says so in every result's
+metadata (``model.name == "colour-toy"``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..synthetic import BACKGROUND_COLOUR, CLASS_COLOURS
+
+logger = logging.getLogger(__name__)
+
+COLOUR_TOY = "colour-toy"
+
+# Words a prompt may use for each class (lower case; a prompt matches a class when it
+# contains one of them).
+_WORDS = {
+    "tumor": ("tumor", "tumour", "carcinoma", "cancer"),
+    "stroma": ("stroma", "connective"),
+    "necrosis": ("necrosis", "necrotic"),
+    "background": ("background", "white", "glass", "empty"),
+}
+
+
+class ColourToyModel:
+    """Mean colour as the image feature; class names as colours on the text side.
+
+    Attributes follow the model protocol (:class:`~napari_conch.models.ImageTextModel`):
+    tiles of 64 µm read at 1 µm/px, 3-d features, a temperature of 100.
+    """
+
+    name = COLOUR_TOY
+    input_size = 64
+    target_mpp = 1.0
+    embed_dim = 3
+    logit_scale = float(np.log(100.0))
+    trained = True  # it does exactly what it was built for; it is no pathology model
+    weights_hash = f"{COLOUR_TOY}-1"
+    description = "colour toy for the synthetic slide (not a pathology model)"
+    COLOURS: dict[str, tuple[int, int, int]] = {  # noqa: RUF012 - read-only class table
+        "background": BACKGROUND_COLOUR,
+        **CLASS_COLOURS,
+    }
+    CENTRE = np.mean(list(COLOURS.values()), axis=0).astype(np.float32)
+
+    def encode_images(self, images) -> np.ndarray:
+        """uint8 (0–255) or float (0–1) RGB tiles, (B, H, W, 3) or (B, 3, H, W) → (B, 3)."""
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or 3 not in (x.shape[1], x.shape[-1]):
+            raise ValueError(
+                f"Expected RGB tiles (B, H, W, 3) or (B, 3, H, W); got shape {x.shape}."
+            )
+        scale = 255.0 if np.issubdtype(x.dtype, np.floating) else 1.0
+        x = x.astype(np.float32) * np.float32(scale)
+        if x.shape[-1] != 3:
+            x = np.moveaxis(x, 1, -1)
+        return x.mean(axis=(1, 2)) - self.CENTRE
+
+    def project(self, features, normalize: bool = True) -> np.ndarray:
+        f = np.asarray(features, np.float32)
+        return _unit(f) if normalize else f
+
+    def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        rows = [np.asarray(self.COLOURS[self.class_of(t)], np.float32) - self.CENTRE for t in texts]
+        out = np.stack(rows) if rows else np.zeros((0, 3), np.float32)
+        return _unit(out) if normalize else out
+
+    @staticmethod
+    def class_of(text: str) -> str:
+        """The synthetic class a prompt names; a clear error for anything else."""
+        lowered = str(text).lower()
+        for name, words in _WORDS.items():
+            if any(word in lowered for word in words):
+                return name
+        raise ValueError(
+            f"The colour toy only knows the synthetic slide's colours ({', '.join(_WORDS)}); "
+            f"{text!r} names none of them. It is a demonstration model, not a pathology "
+            "model: load CONCH, PLIP or QuiltNet for real prompts."
+        )
+
+    def __repr__(self) -> str:
+        return "ColourToyModel(colour toy for the synthetic slide — not a pathology model)"
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norm == 0, 1, norm)
+
+
+def build_colour_toy(checkpoint=None, **_ignored) -> ColourToyModel:
+    """Factory for :func:`~napari_conch.load_model`: the toy has no weights, and runs on the
+    CPU whatever device or precision is asked for."""
+    if checkpoint not in (None, ""):
+        raise ValueError(
+            f"The colour toy has no weights; leave the checkpoint empty (got {checkpoint!r})."
+        )
+    return ColourToyModel()
