@@ -72,17 +72,18 @@ def test_demo_on_an_untrained_model_says_so(tmp_path, capsys):
     assert "UNTRAINED MODEL" in captured.err
     assert "[UNTRAINED" in captured.out
     assert (tmp_path / "UNTRAINED.txt").exists()
-    summary = json.loads((tmp_path / "ihc-sample.summary.json").read_text())
+    summary = json.loads((tmp_path / "ihc-conch_tiny.summary.json").read_text())
     assert summary["trained"] is False and "not a result" in summary["note"]
     for name in (
-        "ihc-sample.geojson",
-        "ihc-sample.tiles.geojson",
-        "ihc-sample.ome.zarr",
-        "ihc-sample.labels.ome.tif",
-        "ihc-sample.tiles.csv",
+        "ihc-conch_tiny.geojson",
+        "ihc-conch_tiny.tiles.geojson",
+        "ihc-conch_tiny.ome.zarr",
+        "ihc-conch_tiny.labels.ome.tif",
+        "ihc-conch_tiny.tiles.csv",
+        "ihc-slide.ome.tif",
     ):
         assert (tmp_path / name).exists(), name
-    geojson = json.loads((tmp_path / "ihc-sample.geojson").read_text())
+    geojson = json.loads((tmp_path / "ihc-conch_tiny.geojson").read_text())
     assert geojson["properties"]["napari_conch"]["trained"] is False
 
 
@@ -107,17 +108,21 @@ def test_demo_with_trained_weights_has_no_banner(tiny_checkpoint, tmp_path, caps
 
 
 def test_demo_with_a_missing_checkpoint_fails_clearly(tmp_path, capsys):
-    assert main(["demo", "--checkpoint", str(tmp_path / "missing.bin")]) == 1
+    assert main(["demo", "--checkpoint", str(tmp_path / "missing.bin"), "-o", str(tmp_path)]) == 1
     assert "missing.bin does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_demo_without_weights_falls_back_loudly(capsys, tmp_path):
-    """The README's main job on a machine without CONCH weights: full-size untrained model."""
-    assert main(["demo", "-o", str(tmp_path)]) == 0
+def test_demo_pipeline_check_on_untrained_full_size_conch(capsys, tmp_path):
+    """`demo --checkpoint random`: the full CONCH model, untrained, on the real-tissue sample;
+    it says so loudly and everywhere."""
+    assert main(["demo", "--checkpoint", "random", "-o", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "UNTRAINED MODEL" in captured.err
     assert "ConchModel(name='conch', UNTRAINED" in captured.out
+    assert "slide call (MI-Zero, top 3):" in captured.out and "[UNTRAINED" in captured.out
+    assert (tmp_path / "ihc-conch.tiles.parquet").exists()
+    assert (tmp_path / "UNTRAINED.txt").exists()
 
 
 @pytest.mark.slow

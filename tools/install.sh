@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Set up napari-conch from a source checkout on Debian/Ubuntu (what CI runs; new machines too).
 #   bash tools/install.sh          system libraries + .venv + napari-conch[all]
-#   bash tools/install.sh --test   the same with the test extra (pytest, Xvfb, reference model)
+#   bash tools/install.sh --test   the same with the test extra (pytest, Xvfb, build tools, ruff)
 # Re-running is safe: installed system packages and an existing .venv are reused.
+#
+# PyTorch: the pinned torch==2.14.1 from PyPI is, on Linux x86-64, the CUDA build — it pulls
+# about 3 GB of NVIDIA wheels (about 5.5 GB in the .venv) and runs on the CPU too. On a
+# machine without an NVIDIA GPU, a CPU-only build is about five times smaller: set
+#   NAPARI_CONCH_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash tools/install.sh
+# to install torch and torchvision from that index instead (any PyTorch wheel index works,
+# e.g. .../whl/cu126 for another CUDA version). Unset, PyPI's default build is installed.
+# Other variables: NAPARI_CONCH_VENV (default .venv), PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +42,16 @@ fi
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-# The CPU/CUDA build this project is tested with; an unpinned torch may pull a multi-GB build.
-"$venv/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+# The torch release this project is tested with (pinned: an unpinned torch may pull a newer,
+# untested multi-GB build). See the header for NAPARI_CONCH_TORCH_INDEX.
+torch_index=()
+if [ -n "${NAPARI_CONCH_TORCH_INDEX:-}" ]; then
+  torch_index=(--index-url "$NAPARI_CONCH_TORCH_INDEX")
+  echo "install.sh: torch from $NAPARI_CONCH_TORCH_INDEX"
+fi
+"$venv/bin/python" -m pip install -q ${torch_index[@]+"${torch_index[@]}"} \
+  "torch==2.14.1" "torchvision==0.29.1"
+# Editable, so a checkout's changes apply at once; users of the published package get the
+# wheel from PyPI instead (pip install "napari-conch[all]").
 "$venv/bin/python" -m pip install -q -e ".[$extra]"
 echo "install.sh: ready in $venv ($("$venv/bin/python" -c 'import napari_conch; print("napari-conch", napari_conch.__version__)'))"

@@ -4,7 +4,7 @@ Examples
 --------
     napari-conch info slide.svs
     napari-conch demo
-    napari-conch view slide.svs
+    napari-conch view slide.svs --results results/
     napari-conch embed *.svs --scheduler tcp://scheduler:8786
     napari-conch segment slide.svs --classes tumor stroma necrosis -o results/
     napari-conch similarity slide.svs --text "mitotic figure" -o results/
@@ -19,7 +19,11 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
+
+from .export import FORMATS
+from .samples import DEMO_SAMPLES
 
 logger = logging.getLogger("napari_conch.cli")
 
@@ -30,25 +34,19 @@ UNTRAINED_BANNER = """\
 *  access at https://huggingface.co/MahmoodLab/conch) and pass --checkpoint      *
 *  PATH, set NAPARI_CONCH_CHECKPOINT, or set HF_TOKEN to download them.          *
 **********************************************************************************"""
-DEMO_CLASSES = {
-    "colonic gland": ["colonic gland", "colon epithelium"],
-    "stroma": ["stroma", "connective tissue"],
-    "immune cells": ["immune cells", "lymphocytes"],
-    "background": ["background", "white space"],
-}
-FORMATS = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv", "parquet")
+DEFAULT_FORMATS = ("geojson", "ome-zarr", "ome-tiff", "csv")
 
 
 # -- options ---------------------------------------------------------------------------------
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, default_model: str | None = "conch") -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        default="conch",
-        help="model name: conch (default), plip, quiltnet or a registered one; several "
-        "separated by commas (plip,quiltnet) to compare them on the same slides",
+        default=default_model,
+        help="model name: conch (default), plip, quiltnet, colour-toy or a registered one; "
+        "several separated by commas (plip,quiltnet) to compare them on the same slides",
     )
     group.add_argument(
         "--checkpoint",
@@ -122,18 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(
         sub,
         "demo",
-        "the main job end to end on the bundled sample image",
-        "Embed scikit-image's IHC colon sample, segment it zero-shot, call it with MI-Zero and "
-        "write every export. Without CONCH weights it says so loudly and runs on an untrained "
-        "model: a pipeline check whose outputs are marked untrained.",
+        "the main job end to end on a sample, checked against its known truth",
+        "Segment a sample zero-shot, call it with MI-Zero and write every export (with the "
+        "sample itself) into OUTPUT. With CONCH weights (--checkpoint, "
+        "$NAPARI_CONCH_CHECKPOINT or the Hugging Face cache) it runs CONCH on scikit-image's "
+        "IHC colon sample. Without, it runs the colour toy — a demonstration model that "
+        "tells colours apart, not pathology — on the synthetic slide, whose planted regions "
+        "are known, and prints how well the segmentation agrees with them (Dice per class). "
+        "--checkpoint random runs untrained CONCH: a pipeline check, not a result.",
         [
             "napari-conch demo",
-            "napari-conch demo --checkpoint ~/weights/conch/pytorch_model.bin -o demo/",
+            "napari-conch demo -o my-demo/",
+            "napari-conch demo --checkpoint ~/weights/conch/pytorch_model.bin",
+            "napari-conch demo --checkpoint random --sample synthetic   # untrained CONCH",
         ],
     )
-    _model_options(demo)
+    _model_options(demo, default_model=None)
     demo.add_argument(
-        "-o", "--output", type=Path, default=Path("napari-conch-demo"), help="output folder"
+        "--sample",
+        choices=DEMO_SAMPLES,
+        help="synthetic (planted regions, scored against the truth) or ihc (real tissue); "
+        "default: synthetic for the colour toy, ihc for CONCH",
+    )
+    demo.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("napari-conch-demo"),
+        help="output folder (default: napari-conch-demo)",
     )
     demo.set_defaults(func=cmd_demo)
 
@@ -141,14 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "view",
         "napari with the slide and the napari-conch widget docked",
-        "Open napari with SLIDE shown in micrometres and the widget docked. With --checkpoint "
-        "the model is loaded first; otherwise load it in the widget.",
+        "Open napari with SLIDE shown in micrometres and the widget docked. With --results, "
+        "the results exported into that folder (its .ome.zarr files) are shown on top. With "
+        "--checkpoint the model is loaded first; otherwise load it in the widget.",
         [
             "napari-conch view case.svs",
+            "napari-conch view case.svs --results results/",
             "napari-conch view case.svs --checkpoint pytorch_model.bin --classes tumor stroma",
         ],
     )
     view.add_argument("slide", nargs="?", help="slide or image file (optional)")
+    view.add_argument(
+        "--results", type=Path, help="folder of napari-conch exports to show over the slide"
+    )
     view.add_argument("--mpp", type=float, help="µm/px when the file does not record it")
     _model_options(view)
     view.add_argument("--classes", nargs="+", help="classes for the segmentation table")
@@ -195,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--background", help="class (or phrase) whose cells become label 0")
     segment.add_argument("--min-confidence", type=float, help="cells below this probability → 0")
     segment.add_argument(
-        "--formats", nargs="+", default=["geojson", "ome-zarr", "ome-tiff", "csv"], choices=FORMATS
+        "--formats",
+        nargs="+",
+        default=list(DEFAULT_FORMATS),
+        choices=FORMATS,
+        help=f"what to write (default: {' '.join(DEFAULT_FORMATS)})",
     )
     segment.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     segment.set_defaults(func=cmd_segment)
@@ -276,15 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_command_line_wording)
     if args.command is None:
         parser.print_help()
         return 2
-    from .errors import NapariConchError
+    from .errors import NapariConchError, describe
 
     try:
         return int(args.func(args) or 0)
-    except (NapariConchError, FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"napari-conch: error: {exc}", file=sys.stderr)
+    except (NapariConchError, OSError, ValueError, ImportError) as exc:
+        print(f"napari-conch: error: {describe(exc, 'cli')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(
@@ -292,6 +317,77 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _command_line_wording(record: logging.LogRecord) -> bool:
+    """Library warnings that carry an error say how to fix it with this command's options."""
+    from .errors import NapariConchError, describe
+
+    if isinstance(record.args, tuple) and any(isinstance(a, NapariConchError) for a in record.args):
+        record.args = tuple(
+            describe(a, "cli") if isinstance(a, NapariConchError) else a for a in record.args
+        )
+    return True
+
+
+# -- checks before any model is built --------------------------------------------------------
+#
+# A command checks what the user gave it — slides exist and open with a pixel size, outputs
+# can be written, prompts parse, the model's text side (CONCH's tokenizer) is there — before
+# it builds a model or reads a tile, so a typo costs a second, not an embedded slide.
+
+
+def _check_slides(paths, mpp: float | None) -> None:
+    """Every slide exists, opens and knows (or is given) its µm per pixel."""
+    from .errors import SlideReadError
+
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:  # before any import of the readers: answers at once
+        raise SlideReadError(f"No such file: {', '.join(missing)}.")
+    from .slide import open_slide
+
+    for path in paths:
+        slide = open_slide(path, mpp=mpp)
+        try:
+            slide.require_mpp("tiling")
+        finally:
+            slide.close()
+
+
+def _output_folder(path: Path) -> Path:
+    """Create ``path`` if needed and make sure files can be written into it."""
+    from .errors import OutputError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"The output {path} is a file; give a folder (-o FOLDER).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write into {path} ({exc.strerror or exc}); choose another folder with -o."
+        ) from exc
+    return path
+
+
+def _output_file(path: Path | None) -> Path | None:
+    """The folder of an output file (-o FILE) exists or can be made, and is writable."""
+    if path is None:
+        return None
+    _output_folder(Path(path).expanduser().parent)
+    return Path(path).expanduser()
+
+
+def _check_models(args, names: list[str], *, text: bool) -> None:
+    """Every model name is known, and (for commands with prompts) its text side works."""
+    from .models.registry import check_text_side, model_entry
+
+    for name, checkpoint in zip(names, _checkpoints(args, names), strict=True):
+        model_entry(name)
+        if text:
+            check_text_side(name, checkpoint=checkpoint, tokenizer=args.tokenizer)
 
 
 # -- shared steps ----------------------------------------------------------------------------
@@ -306,36 +402,8 @@ def _model_names(args) -> list[str]:
     return names
 
 
-def _load_model(args, *, fallback_random: bool = False, name: str | None = None, checkpoint=...):
-    from .errors import WeightsNotFoundError
-    from .models import load_model
-
-    if name is None:
-        names = _model_names(args)
-        if len(names) > 1:
-            raise ValueError(
-                "This command takes one model; compare models with segment, similarity, "
-                "classify, retrieve or evaluate."
-            )
-        name = names[0]
-    checkpoint = args.checkpoint if checkpoint is ... else checkpoint
-    options = dict(tokenizer=args.tokenizer, device=args.device, precision=args.precision)
-    try:
-        model = load_model(name, checkpoint=checkpoint, **options)
-    except WeightsNotFoundError as exc:
-        if not fallback_random or checkpoint is not None:
-            raise
-        logger.warning("%s", exc)
-        model = load_model(name, checkpoint="random", **options)
-    if not getattr(model, "trained", True):
-        print(UNTRAINED_BANNER, file=sys.stderr)
-    return model
-
-
-def _load_models(args) -> list:
-    """The models of ``--model a,b`` with their ``--checkpoint`` (one for all, or one each)."""
-    names = _model_names(args)
-    checkpoints = [args.checkpoint] * len(names)
+def _checkpoints(args, names: list[str]) -> list:
+    """``--checkpoint``: one value for all models, or one per model (comma-separated)."""
     if args.checkpoint and len(names) > 1 and "," in args.checkpoint:
         checkpoints = [c.strip() or None for c in args.checkpoint.split(",")]
         if len(checkpoints) != len(names):
@@ -343,9 +411,45 @@ def _load_models(args) -> list:
                 f"--checkpoint lists {len(checkpoints)} values for {len(names)} models; give "
                 "one for all or one per model, in the same order."
             )
-    return [
-        _load_model(args, name=n, checkpoint=c) for n, c in zip(names, checkpoints, strict=True)
-    ]
+        return checkpoints
+    return [args.checkpoint] * len(names)
+
+
+def _load_model(args, name: str, checkpoint):
+    from .models import load_model
+
+    options = dict(tokenizer=args.tokenizer, device=args.device, precision=args.precision)
+    model = load_model(name, checkpoint=checkpoint, **options)
+    if not getattr(model, "trained", True):
+        print(UNTRAINED_BANNER, file=sys.stderr)
+    return model
+
+
+def _single_model(args) -> str:
+    names = _model_names(args)
+    if len(names) > 1:
+        raise ValueError(
+            "This command takes one model; compare models with segment, similarity, "
+            "classify, retrieve or evaluate."
+        )
+    return names[0]
+
+
+def _load_models(args, names: list[str]) -> list:
+    """The models of ``--model a,b`` with their ``--checkpoint`` (one for all, or one each)."""
+    return [_load_model(args, n, c) for n, c in zip(names, _checkpoints(args, names), strict=True)]
+
+
+def _prepare(args, *, slides=(), folder=None, file=None, prompts=False, text=False):
+    """The checks every command runs, in order of cost; returns (model names, prompt set)."""
+    _check_slides(slides, getattr(args, "mpp", None))
+    if folder is not None:
+        _output_folder(folder)
+    _output_file(file)
+    prompt_set = _prompts(args) if prompts else None
+    names = _model_names(args)
+    _check_models(args, names, text=text or prompts)
+    return names, prompt_set
 
 
 def _tagged(stem: str, model, models: list) -> str:
@@ -363,34 +467,51 @@ def _cache(args):
     return None if str(args.cache).lower() in ("none", "off", "") else args.cache
 
 
-def _embed(path, model, args, slide=None):
-    """Open, tile and embed one slide with a progress bar; returns (slide, embeddings)."""
-    from tqdm import tqdm
-
-    from .engine import embed
+def _embed(path, model, args):
+    """Open, tile and embed one slide file with the command's options."""
     from .slide import open_slide
     from .tiling import tile_grid
 
-    slide = slide or open_slide(path, mpp=args.mpp)
+    slide = open_slide(path, mpp=args.mpp)
     grid = tile_grid(
         slide, model, tile_um=args.tile_um, overlap=args.overlap or None, min_tissue=args.min_tissue
     )
-    bar = tqdm(
-        total=len(grid), unit="tile", desc=slide.name[:30], disable=args.quiet, file=sys.stderr
+    emb = _embed_grid(
+        slide, model, grid, cache=_cache(args), batch_size=args.batch_size, quiet=args.quiet
     )
+    return slide, emb
+
+
+def _embed_grid(slide, model, grid, *, cache, batch_size=None, quiet=False):
+    """Embed ``grid`` with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from .engine import embed
+
+    bar = tqdm(total=len(grid), unit="tile", desc=slide.name[:30], disable=quiet, file=sys.stderr)
 
     def progress(done, total, rate):
         bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)  # redraws at most every mininterval, also on a pipe
 
     try:
-        emb = embed(
-            slide, model, grid, cache=_cache(args), progress=progress, batch_size=args.batch_size
-        )
+        return embed(slide, model, grid, cache=cache, progress=progress, batch_size=batch_size)
     finally:
         bar.close()
-    return slide, emb
+
+
+def _write_text(path: Path, text: str) -> None:
+    from .export import _atomic
+
+    with _atomic(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _write_csv(table, path: Path) -> None:
+    from .export import _atomic
+
+    with _atomic(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -402,7 +523,7 @@ def cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .errors import NapariConchError
+    from .errors import NapariConchError, describe
     from .models import available_models
     from .models.device import available_devices
     from .models.registry import model_entry
@@ -418,12 +539,12 @@ def cmd_info(args) -> int:
         checkpoint_path = source.path
     except NapariConchError as exc:
         print("CONCH weights: not found")
-        print("  " + str(exc).replace("\n", "\n  "))
+        print("  " + describe(exc, "cli").replace("\n", "\n  "))
         checkpoint_path = None
     try:
         print(f"CONCH tokenizer: {find_tokenizer(None, checkpoint_path)}")
     except NapariConchError as exc:
-        print(f"CONCH tokenizer: not found. {exc}")
+        print(f"CONCH tokenizer: not found. {describe(exc, 'cli')}")
     print("models (--model):")
     for name in available_models():
         entry = model_entry(name)
@@ -433,13 +554,13 @@ def cmd_info(args) -> int:
 
 
 def _describe_slide(path) -> bool:
-    from .errors import SlideReadError
+    from .errors import SlideReadError, describe
     from .slide import open_slide
 
     try:
         slide = open_slide(path)
     except SlideReadError as exc:
-        print(f"\n{path}: {exc}")
+        print(f"\n{path}: {describe(exc, 'cli')}")
         return False
     meta = slide.metadata
     mpp = (
@@ -465,61 +586,141 @@ def _describe_slide(path) -> bool:
 
 
 def cmd_demo(args) -> int:
-    from ._napari.sample_data import ihc_slide
-    from .export import export_all
+    from .models.colour_toy import COLOUR_TOY
+    from .samples import demo_sample
+
+    out = _output_folder(args.output)
+    name, checkpoint, why = _demo_model(args)
+    sample = demo_sample(args.sample or ("synthetic" if name == COLOUR_TOY else "ihc"))
+    _check_models(args, [name], text=True)
+    model = _load_model(args, name, checkpoint)
+    if why:
+        print(why)
+    return _run_demo(model, sample, out, quiet=args.quiet)
+
+
+def _demo_model(args) -> tuple[str, object, str]:
+    """The model the demo runs: the one asked for; else CONCH when its weights are on this
+    machine; else the colour toy. Returns (name, checkpoint, why that model)."""
+    if args.model:
+        return _single_model(args), args.checkpoint, ""
+    if args.checkpoint:
+        return "conch", args.checkpoint, ""
+    from .errors import WeightsNotFoundError
+    from .models.colour_toy import COLOUR_TOY
+    from .models.weights import find_checkpoint
+
+    try:
+        find_checkpoint(None, repo_id="MahmoodLab/conch", download=False)
+    except WeightsNotFoundError:
+        return (
+            COLOUR_TOY,
+            None,
+            "No CONCH weights on this machine: running the colour toy, a demonstration model "
+            "that tells colours apart (not pathology), on the synthetic slide with planted "
+            "regions.",
+        )
+    return "conch", None, ""
+
+
+def _run_demo(model, sample, out: Path, *, quiet: bool) -> int:
+    from .evaluate import segmentation_scores
+    from .export import FORMATS, export_all, slide_to_ome_tiff
     from .prompts import PromptSet
+    from .tiling import tile_grid
     from .zeroshot import classify_slide, similarity_map, zero_shot_segment
 
-    model = _load_model(args, fallback_random=True)
+    slide = sample.slide
+    grid = tile_grid(slide, model, overlap=0.5)
+    emb = _embed_grid(slide, model, grid, cache=None, quiet=quiet)
+    prompts = PromptSet(sample.classes)
+    seg = zero_shot_segment(emb, model, prompts, background=sample.background)
+    sim = similarity_map(emb, model, text=sample.query)
+    tissue_classes = {k: v for k, v in sample.classes.items() if k != sample.background}
+    call = classify_slide(emb, model, PromptSet(tissue_classes), top_k=3)
+    stem = f"{sample.name}-{model.name}"
+    written = list(
+        export_all(seg, out, stem, emb=emb, similarities=[sim], formats=FORMATS).values()
+    )
+    slide_file = slide_to_ome_tiff(slide, out / f"{sample.name}-slide.ome.tif")
+    written.append(slide_file)
     trained = bool(getattr(model, "trained", True))
-    slide = ihc_slide()
-    args.mpp, args.tile_um, args.overlap, args.min_tissue = None, 112.0, 0.5, 0.1
-    args.batch_size, args.cache, args.quiet = None, "none", getattr(args, "quiet", False)
-    _, emb = _embed(None, model, args, slide=slide)
-    prompts = PromptSet(DEMO_CLASSES)
-    seg = zero_shot_segment(emb, model, prompts, background="background")
-    sim = similarity_map(emb, model, text="colonic gland")
-    call = classify_slide(
-        emb, model, PromptSet({k: v for k, v in DEMO_CLASSES.items() if k != "background"}), top_k=3
-    )
-    out = args.output
-    written = export_all(
-        seg,
-        out,
-        "ihc-sample",
-        emb=emb,
-        similarities=[sim],
-        formats=("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv"),
-    )
     if not trained:
-        (out / "UNTRAINED.txt").write_text(
+        _write_text(
+            out / "UNTRAINED.txt",
             "These files were made with an UNTRAINED (random) model: they check that the "
             "pipeline runs and are NOT results.\n",
-            encoding="utf-8",
         )
     tag = "" if trained else "  [UNTRAINED — not a result]"
     print(f"model: {model!r}{tag}")
     print(f"sample: {slide.name}, {len(emb)} tiles of {emb.grid.tile_um:.0f} µm")
     print("areas (mm²): " + ", ".join(f"{k} {v:.4f}" for k, v in seg.areas_mm2.items()))
+    if sample.truth is not None:
+        truth = sample.truth
+        scores = segmentation_scores(
+            seg, truth.labels, truth.labels_downsample, truth_names=truth.class_names
+        )
+        print("agreement with the planted truth (Dice per class, 1 = perfect):")
+        for name in truth.class_names:
+            print(f"  {name:<10} {scores[name]['dice']:.3f}")
+        print(f"  {'mean':<10} {scores['mean_dice']:.3f}{tag}")
+        written.append(out / f"{stem}.agreement.json")
+        _write_text(written[-1], json.dumps(scores, indent=2, default=float))
     print(f"slide call (MI-Zero, top 3): {call.call}{tag}")
     print(f"wrote {len(written)} files to {out}/")
+    print(_next_steps(model, slide_file, out))
     return 0
+
+
+def _next_steps(model, slide_file: Path, out: Path) -> str:
+    lines = [
+        "",
+        "Next:",
+        f"  see it in napari:   napari-conch view {slide_file} --results {out}",
+        "  your own slide:     napari-conch segment case.svs --classes tumor stroma "
+        "necrosis background --background background -o results/",
+    ]
+    if model.name != "conch" or not getattr(model, "trained", True):
+        lines += [
+            "  CONCH weights:      request access at https://huggingface.co/MahmoodLab/conch, "
+            "download pytorch_model.bin, then",
+            "                      export NAPARI_CONCH_CHECKPOINT=/path/to/pytorch_model.bin",
+            "                      (or pass --checkpoint PATH); `napari-conch info` shows what "
+            "is found, and `napari-conch demo` then runs CONCH.",
+        ]
+    return "\n".join(lines)
 
 
 def cmd_view(args) -> int:
     from . import view
-    from .slide import open_slide
 
-    slide = open_slide(args.slide, mpp=args.mpp) if args.slide else None
-    model = _load_model(args) if args.checkpoint else None
-    view(slide, model=model, classes=args.classes, block=True)
+    if args.slide:
+        _check_slides([args.slide], args.mpp)
+    results = None
+    if args.results is not None:
+        from .readback import read_results
+
+        results = read_results(args.results)
+    model = None
+    if args.checkpoint:
+        name = _single_model(args)
+        model = _load_model(args, name, args.checkpoint)
+    slide = None
+    if args.slide:
+        from .slide import open_slide
+
+        slide = open_slide(args.slide, mpp=args.mpp)
+    view(slide, model=model, classes=args.classes, results=results, block=True)
     return 0
 
 
 def cmd_embed(args) -> int:
     if args.scheduler or args.workers:
         return _embed_distributed(args)
-    model = _load_model(args)
+    _check_slides(args.slides, args.mpp)
+    name = _single_model(args)
+    _check_models(args, [name], text=False)
+    model = _load_model(args, name, args.checkpoint)
     for path in args.slides:
         _, emb = _embed(path, model, args)
         print(f"{path}: {emb.n_done}/{len(emb)} tiles → {emb.store_path or '(memory)'}")
@@ -569,11 +770,11 @@ def _embed_distributed(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    names, prompts = _prepare(args, slides=args.slides, folder=args.output, prompts=True)
     from .export import export_all, file_stem
     from .zeroshot import zero_shot_segment
 
-    models = _load_models(args)
-    prompts = _prompts(args)
+    models = _load_models(args, names)
     formats = tuple(args.formats)
     rows = []
     for path in args.slides:
@@ -600,16 +801,18 @@ def _print_comparison(rows: list[dict], what: str, path=None) -> None:
     print(f"\nmodel comparison — {what}:")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if path is not None:
-        table.to_csv(path, index=False)
+        _write_csv(table, path)
 
 
 def cmd_similarity(args) -> int:
+    if not args.text.strip():
+        raise ValueError("--text is empty; give the phrase to map, e.g. --text necrosis.")
+    names, _ = _prepare(args, slides=args.slides, folder=args.output, text=True)
     from .export import file_stem, tile_table, to_ome_tiff
     from .zeroshot import similarity_map
 
-    models = _load_models(args)
+    models = _load_models(args, names)
     out = args.output
-    out.mkdir(parents=True, exist_ok=True)
     for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
         sim = similarity_map(emb, model, text=args.text, negative=args.negative)
@@ -617,9 +820,7 @@ def cmd_similarity(args) -> int:
         to_ome_tiff(sim, out / f"{stem}.similarity.ome.tif", what="similarity")
         tile_table(emb, similarities=[sim], path=out / f"{stem}.similarity.csv")
         summary = {"query": sim.queries, "contrast_limits": sim.contrast_limits, **sim.metadata}
-        (out / f"{stem}.similarity.json").write_text(
-            json.dumps(summary, indent=2, default=str), encoding="utf-8"
-        )
+        _write_text(out / f"{stem}.similarity.json", json.dumps(summary, indent=2, default=str))
         print(
             f"{path}: similarity {sim.contrast_limits[0]:.3f} … {sim.contrast_limits[1]:.3f} "
             f"→ {out}/"
@@ -628,12 +829,12 @@ def cmd_similarity(args) -> int:
 
 
 def cmd_classify(args) -> int:
+    names, prompts = _prepare(args, slides=args.slides, file=args.output, prompts=True)
     import pandas as pd
 
     from .zeroshot import classify_slide
 
-    models = _load_models(args)
-    prompts = _prompts(args)
+    models = _load_models(args, names)
     rows = []
     for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
@@ -651,16 +852,19 @@ def cmd_classify(args) -> int:
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     if args.output:
-        table.to_csv(args.output, index=False)
+        _write_csv(table, args.output)
     return 0
 
 
 def cmd_retrieve(args) -> int:
+    if not args.text.strip():
+        raise ValueError("--text is empty; give the phrase to search for.")
+    names, _ = _prepare(args, slides=args.slides, file=args.output, text=True)
     import pandas as pd
 
     from .zeroshot import retrieve
 
-    models = _load_models(args)
+    models = _load_models(args, names)
     frames = []
     for model in models:
         sources = [_embed(path, model, args)[1] for path in args.slides]
@@ -671,26 +875,33 @@ def cmd_retrieve(args) -> int:
     table = pd.concat(frames, ignore_index=True)
     print(table.to_string(index=False) if len(table) else "no tiles")
     if args.output:
-        table.to_csv(args.output, index=False)
+        _write_csv(table, args.output)
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    from .errors import SlideReadError
+
+    if not args.dataset.exists():
+        raise SlideReadError(
+            f"No such dataset: {args.dataset} (a folder of class folders or a CSV)."
+        )
+    label_map = json.loads(args.label_map.read_text(encoding="utf-8")) if args.label_map else None
+    names, prompts = _prepare(args, file=args.output, prompts=True)
     from .evaluate import evaluate_tiles
 
-    models = _load_models(args)
-    label_map = json.loads(args.label_map.read_text(encoding="utf-8")) if args.label_map else None
+    models = _load_models(args, names)
     payloads = {}
     for model in models:
         result = evaluate_tiles(
-            model, args.dataset, _prompts(args), label_map=label_map, batch_size=args.batch_size
+            model, args.dataset, prompts, label_map=label_map, batch_size=args.batch_size
         )
         if len(models) > 1:
             print(f"== {model.name} ==")
         payloads[model.name] = _report_evaluation(result)
     if args.output:
         payload = payloads if len(models) > 1 else next(iter(payloads.values()))
-        args.output.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        _write_text(args.output, json.dumps(payload, indent=2))
     return 0
 
 
