@@ -182,6 +182,41 @@ def test_a_missing_tokenizer_stops_before_any_tile_is_embedded(svs, tmp_path, mo
     assert "tokenizer=" not in err  # the command line's words, not Python's
 
 
+def test_prompts_a_model_cannot_read_stop_before_any_tile_is_embedded(
+    svs, tmp_path, monkeypatch, capsys
+):
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("a tile was embedded before the prompts were checked")
+
+    monkeypatch.setattr("napari_conch.engine.embed", no_embedding)
+    slide = str(svs / "case.svs")
+    toy = ["--model", "colour-toy", "--cache", "none"]
+    args = ["segment", slide, "--classes", "tumor", "--background", "backgrnd", "-o", str(tmp_path)]
+    assert main([*args, *toy]) == 1
+    assert "'backgrnd.' names none of them" in capsys.readouterr().err
+    assert main(["similarity", slide, "--text", "mitosis", "-o", str(tmp_path), *toy]) == 1
+    assert "'mitosis' names none of them" in capsys.readouterr().err
+
+
+def test_parquet_without_pyarrow_is_reported_before_any_work(svs, tmp_path, no_model, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a)
+    )
+    args = ["segment", str(svs / "case.svs"), "--classes", "a", "-o", str(tmp_path)]
+    assert main([*args, "--formats", "geojson", "parquet"]) == 1
+    assert main(["demo", "-o", str(tmp_path)]) == 1
+
+
+def test_parquet_comes_with_a_plain_install():
+    from importlib import metadata
+
+    base = [r for r in metadata.requires("napari-conch") if "extra ==" not in r]
+    assert any(r.startswith("pyarrow") for r in base)
+
+
 def test_image_only_commands_do_not_need_the_tokenizer(svs, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NAPARI_CONCH_TOKENIZER", str(tmp_path / "gone.json"))
     tiny = ["--model", "conch_tiny", "--checkpoint", "random", "--cache", str(tmp_path)]
@@ -200,6 +235,19 @@ def test_cli_errors_name_command_line_options(tmp_path, capsys):
     assert main(["demo", "--model", "conch_tiny", "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "pass --checkpoint random" in err and "checkpoint='random'" not in err
+    toy = ["demo", "--model", "colour-toy", "--checkpoint", "w.bin", "-o", str(tmp_path)]
+    assert main(toy) == 1
+    assert "leave out --checkpoint" in capsys.readouterr().err
+
+
+def test_suggested_commands_run_as_the_user_called_us(monkeypatch):
+    from napari_conch import cli
+
+    monkeypatch.setattr(sys, "argv", [".venv/bin/napari-conch", "demo"])
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert cli._program() == ".venv/bin/napari-conch"
+    monkeypatch.setattr(sys, "argv", ["/x/napari_conch/cli.py", "demo"])
+    assert cli._program() == "napari-conch"
 
 
 # -- the colour toy ---------------------------------------------------------------------------

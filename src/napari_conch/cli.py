@@ -40,14 +40,17 @@ DEFAULT_FORMATS = ("geojson", "ome-zarr", "ome-tiff", "csv")
 # -- options ---------------------------------------------------------------------------------
 
 
-def _model_options(parser: argparse.ArgumentParser, default_model: str | None = "conch") -> None:
+MODEL_HELP = (
+    "model name: conch (default), plip, quiltnet, colour-toy or a registered one; several "
+    "separated by commas (plip,quiltnet) to compare them on the same slides"
+)
+
+
+def _model_options(
+    parser: argparse.ArgumentParser, default_model: str | None = "conch", help_text=MODEL_HELP
+) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        default=default_model,
-        help="model name: conch (default), plip, quiltnet, colour-toy or a registered one; "
-        "several separated by commas (plip,quiltnet) to compare them on the same slides",
-    )
+    group.add_argument("--model", default=default_model, help=help_text)
     group.add_argument(
         "--checkpoint",
         help="weights file or folder, 'hf_hub:REPO', or 'random' (untrained: a pipeline "
@@ -135,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
             "napari-conch demo --checkpoint random --sample synthetic   # untrained CONCH",
         ],
     )
-    _model_options(demo, default_model=None)
+    _model_options(
+        demo,
+        default_model=None,
+        help_text="model name (default: conch when its weights are found, else colour-toy); "
+        "plip, quiltnet or a registered one also work",
+    )
     demo.add_argument(
         "--sample",
         choices=DEMO_SAMPLES,
@@ -380,6 +388,46 @@ def _output_file(path: Path | None) -> Path | None:
     return Path(path).expanduser()
 
 
+def _check_formats(formats) -> None:
+    """Formats that need an optional library say so before any work starts."""
+    import importlib.util
+
+    from .errors import OutputError
+
+    if "parquet" in formats and importlib.util.find_spec("pyarrow") is None:
+        raise OutputError(
+            "Writing Parquet needs pyarrow: pip install pyarrow, or leave parquet out of --formats."
+        )
+
+
+def _check_prompts(models, prompts=None, background=None, texts=()) -> None:
+    """Encode the prompts with every model now: a prompt a model cannot read fails here,
+    before any tile is embedded (the encodings stay in the models' text caches)."""
+    from .zeroshot import encode_prompts
+
+    for model in models:
+        if prompts is not None:
+            encode_prompts(model, prompts, background)
+        elif background is not None:
+            model.encode_texts([background])
+        if texts:
+            model.encode_texts(list(texts))
+
+
+def _program() -> str:
+    """The command as the user typed it: `.venv/bin/napari-conch` stays that, so the commands
+    we suggest run as shown; plain `napari-conch` when that is what PATH finds."""
+    import shutil
+
+    called = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(called).name != "napari-conch":
+        return "napari-conch"
+    on_path = shutil.which("napari-conch")
+    if on_path and Path(on_path).resolve() == Path(called).resolve():
+        return "napari-conch"
+    return called
+
+
 def _check_models(args, names: list[str], *, text: bool) -> None:
     """Every model name is known, and (for commands with prompts) its text side works."""
     from .models.registry import check_text_side, model_entry
@@ -483,8 +531,9 @@ def _embed(path, model, args):
 
 
 def _embed_grid(slide, model, grid, *, cache, batch_size=None, quiet=False):
-    """Embed ``grid`` with a progress bar on stderr."""
+    """Embed ``grid`` with a progress bar on stderr (log lines print above it)."""
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from .engine import embed
 
@@ -495,7 +544,8 @@ def _embed_grid(slide, model, grid, *, cache, batch_size=None, quiet=False):
         bar.update(done - bar.n)  # redraws at most every mininterval, also on a pipe
 
     try:
-        return embed(slide, model, grid, cache=cache, progress=progress, batch_size=batch_size)
+        with logging_redirect_tqdm():
+            return embed(slide, model, grid, cache=cache, progress=progress, batch_size=batch_size)
     finally:
         bar.close()
 
@@ -586,14 +636,16 @@ def _describe_slide(path) -> bool:
 
 
 def cmd_demo(args) -> int:
+    out = _output_folder(args.output)
+    _check_formats(FORMATS)
     from .models.colour_toy import COLOUR_TOY
     from .samples import demo_sample
 
-    out = _output_folder(args.output)
     name, checkpoint, why = _demo_model(args)
     sample = demo_sample(args.sample or ("synthetic" if name == COLOUR_TOY else "ihc"))
     _check_models(args, [name], text=True)
     model = _load_model(args, name, checkpoint)
+    _check_prompts([model], sample.classes, sample.background, texts=[sample.query])
     if why:
         print(why)
     return _run_demo(model, sample, out, quiet=args.quiet)
@@ -673,11 +725,12 @@ def _run_demo(model, sample, out: Path, *, quiet: bool) -> int:
 
 
 def _next_steps(model, slide_file: Path, out: Path) -> str:
+    program = _program()
     lines = [
         "",
         "Next:",
-        f"  see it in napari:   napari-conch view {slide_file} --results {out}",
-        "  your own slide:     napari-conch segment case.svs --classes tumor stroma "
+        f"  see it in napari:   {program} view {slide_file} --results {out}",
+        f"  your own slide:     {program} segment case.svs --classes tumor stroma "
         "necrosis background --background background -o results/",
     ]
     if model.name != "conch" or not getattr(model, "trained", True):
@@ -685,8 +738,8 @@ def _next_steps(model, slide_file: Path, out: Path) -> str:
             "  CONCH weights:      request access at https://huggingface.co/MahmoodLab/conch, "
             "download pytorch_model.bin, then",
             "                      export NAPARI_CONCH_CHECKPOINT=/path/to/pytorch_model.bin",
-            "                      (or pass --checkpoint PATH); `napari-conch info` shows what "
-            "is found, and `napari-conch demo` then runs CONCH.",
+            f"                      (or pass --checkpoint PATH); `{program} info` shows what "
+            f"is found, and `{program} demo` then runs CONCH.",
         ]
     return "\n".join(lines)
 
@@ -770,11 +823,13 @@ def _embed_distributed(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    _check_formats(args.formats)
     names, prompts = _prepare(args, slides=args.slides, folder=args.output, prompts=True)
     from .export import export_all, file_stem
     from .zeroshot import zero_shot_segment
 
     models = _load_models(args, names)
+    _check_prompts(models, prompts, args.background)
     formats = tuple(args.formats)
     rows = []
     for path in args.slides:
@@ -812,6 +867,7 @@ def cmd_similarity(args) -> int:
     from .zeroshot import similarity_map
 
     models = _load_models(args, names)
+    _check_prompts(models, texts=[args.text, *([args.negative] if args.negative else [])])
     out = args.output
     for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
@@ -835,6 +891,7 @@ def cmd_classify(args) -> int:
     from .zeroshot import classify_slide
 
     models = _load_models(args, names)
+    _check_prompts(models, prompts)
     rows = []
     for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
@@ -865,6 +922,7 @@ def cmd_retrieve(args) -> int:
     from .zeroshot import retrieve
 
     models = _load_models(args, names)
+    _check_prompts(models, texts=[args.text])
     frames = []
     for model in models:
         sources = [_embed(path, model, args)[1] for path in args.slides]
@@ -891,6 +949,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_tiles
 
     models = _load_models(args, names)
+    _check_prompts(models, prompts)
     payloads = {}
     for model in models:
         result = evaluate_tiles(

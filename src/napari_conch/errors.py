@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 
-# An instruction to set an option, written «name=value» inside a message. Python users read
-# "pass name=value", the command line "pass --name value", the napari widget the control
-# that sets it; see :func:`for_interface`.
-_OPTION = re.compile(r"«(\w+)=([^»]*)»")
+# An instruction to set an option, written «name=value» inside a message (or «!name»: leave
+# it unset). Python users read "pass name=value", the command line "pass --name value", the
+# napari widget the control that sets it; see :func:`for_interface`.
+_OPTION = re.compile(r"«(!?)(\w+)(?:=([^»]*))?»")
 INTERFACES = ("python", "cli", "napari")
 
 # How each interface sets an option ({value}: the value named in the message, unquoted).
@@ -21,6 +21,8 @@ INTERFACES = ("python", "cli", "napari")
 _PHRASES = {
     "checkpoint": {
         "napari": "enter {value} in the Model tab's Weights field (or pick it with File…)",
+        "napari-unset": "clear the Model tab's Weights field and untick 'untrained (random) "
+        "weights'",
     },
     "tokenizer": {
         "napari": "set the NAPARI_CONCH_TOKENIZER environment variable to {value} and "
@@ -52,14 +54,22 @@ def for_interface(message: str, interface: str = "python") -> str:
         raise ValueError(f"interface must be one of {INTERFACES}; got {interface!r}.")
 
     def render(match: re.Match) -> str:
-        name, value = match.group(1), match.group(2)
+        unset, name, value = match.group(1), match.group(2), match.group(3) or ""
+        flag = f"--{name.replace('_', '-')}"
+        if unset:
+            default = {
+                "python": f"leave {name} unset",
+                "cli": f"leave out {flag}",
+                "napari": f"leave {name.replace('_', ' ')} empty",
+            }[interface]
+            return _PHRASES.get(name, {}).get(f"{interface}-unset", default)
         bare = value.strip("'\"")
         special = _SPECIAL.get((interface, name, bare))
         if special:
             return special
         default = {
             "python": f"pass {name}={value}",
-            "cli": f"pass --{name.replace('_', '-')} {bare}",
+            "cli": f"pass {flag} {bare}",
             "napari": f"set {name.replace('_', ' ')} to {bare}",
         }[interface]
         phrase = _PHRASES.get(name, {}).get(interface)

@@ -425,6 +425,14 @@ def normalized_entropy(probs: np.ndarray) -> np.ndarray:
     return h.astype(np.float32)
 
 
+def encode_prompts(model, prompts, background=None) -> np.ndarray:
+    """The class embeddings an analysis of ``prompts`` (with ``background``) will use,
+    computed now — so a prompt the model cannot encode surfaces before any tile is embedded
+    (the model's text cache keeps them for the analysis)."""
+    prompt_set, _ = _with_background(as_prompt_set(prompts), background)
+    return prompt_set.class_embeddings(model)
+
+
 def _with_background(prompt_set: PromptSet, background) -> tuple[PromptSet, int | None]:
     if background is None:
         return prompt_set, None

@@ -104,7 +104,7 @@ def build_colour_toy(checkpoint=None, **_ignored) -> ColourToyModel:
     """Factory for :func:`~napari_conch.load_model`: the toy has no weights, and runs on the
     CPU whatever device or precision is asked for."""
     if checkpoint not in (None, ""):
-        raise ValueError(
-            f"The colour toy has no weights; leave the checkpoint empty (got {checkpoint!r})."
-        )
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"The colour toy has no weights (got {checkpoint!r}): «!checkpoint».")
     return ColourToyModel()

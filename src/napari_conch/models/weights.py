@@ -202,13 +202,13 @@ def _hub_errors(repo_id: str, what: str):
     except LocalEntryNotFoundError as exc:
         raise WeightsNotFoundError(
             f"Could not download {what} from {repo_id}: the hub is unreachable and the "
-            "files are not cached. Connect to the internet or pass a local checkpoint path."
+            "files are not cached. Connect to the internet, or «checkpoint=<local path>»."
         ) from exc
     except HfHubHTTPError as exc:
         raise WeightsNotFoundError(
             f"Downloading {what} from {repo_id} failed (HTTP "
             f"{getattr(getattr(exc, 'response', None), 'status_code', '?')}). "
-            "Check your token and network, or pass a local checkpoint path."
+            "Check your token and network, or «checkpoint=<local path>»."
         ) from exc
 
 
