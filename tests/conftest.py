@@ -15,6 +15,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Tests leave nothing in the checkout: hypothesis keeps its files in a temporary folder.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="napari-conch-test-hypothesis-"))
+settings.register_profile("napari-conch", database=None)
+settings.load_profile("napari-conch")
 
 from napari_conch.models import load_model
 
