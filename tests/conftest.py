@@ -18,12 +18,12 @@ import torch
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from napari_conch.models import load_model
+
 # Tests leave nothing in the checkout: hypothesis keeps its files in a temporary folder.
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="napari-conch-test-hypothesis-"))
 settings.register_profile("napari-conch", database=None)
 settings.load_profile("napari-conch")
-
-from napari_conch.models import load_model
 
 _USER_ENV = ("NAPARI_CONCH_CHECKPOINT", "NAPARI_CONCH_TOKENIZER", "HF_TOKEN")
 
