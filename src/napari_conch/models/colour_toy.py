@@ -2,12 +2,16 @@
 
 It implements the model protocol with numpy alone (no weights, no download, no torch), so
 the whole pipeline — tiling, embedding, segmentation, similarity, exports, napari — can be
-tried on any machine and checked against a known answer. A tile's feature is its mean colour
-(centred on the palette); a prompt that names one of the synthetic slide's classes
-(:mod:`napari_conch.synthetic`) embeds as that class's colour. On the synthetic slide every
-planted region therefore wins its own class, and a segmentation can be scored against the
-truth. On real tissue its answers mean nothing: it is a toy, and says so in every result's
-metadata (``model.name == "colour-toy"``).
+tried on any machine and checked against a known answer. A tile's feature is how its mean
+colour departs from the glass, in coordinates where each class of the synthetic slide
+(:mod:`napari_conch.synthetic`) departs along its own axis, plus a small "glass" component
+for its share of unstained pixels; a prompt that names a class embeds as that class's axis,
+and "background" as the glass component. Mixing is linear: a tile that is partly tissue
+points at its tissue's class (the glass only shortens the vector), a tile of two classes
+points between them, and the background wins only where tissue is scarce. On the synthetic
+slide every planted region therefore wins its own class, and a segmentation can be scored
+against the truth. On real tissue its answers mean nothing: it is a toy, and says so in every
+result's metadata (``model.name == "colour-toy"``).
 """
 
 from __future__ import annotations
@@ -33,26 +37,43 @@ _WORDS = {
 }
 
 
+_GLASS = np.asarray(BACKGROUND_COLOUR, np.float32)
+_TISSUE = ("tumor", "stroma", "necrosis")
+# Colour departures from the glass → class axes: each class's departure maps to a unit vector
+# of its own, orthogonal to the others.
+_AXES = np.linalg.inv(
+    np.stack([np.asarray(CLASS_COLOURS[n], np.float64) - _GLASS for n in _TISSUE], axis=1)
+).astype(np.float32)
+
+
 class ColourToyModel:
     """Mean colour as the image feature; class names as colours on the text side.
 
     Attributes follow the model protocol (:class:`~napari_conch.models.ImageTextModel`):
-    tiles of 64 µm read at 1 µm/px, 3-d features, a temperature of 100.
+    tiles of 64 µm read at 1 µm/px, 4-d features, a temperature of 100.
     """
 
     name = COLOUR_TOY
     input_size = 64
     target_mpp = 1.0
-    embed_dim = 3
+    embed_dim = 4
     logit_scale = float(np.log(100.0))
     trained = True  # it does exactly what it was built for; it is no pathology model
-    weights_hash = f"{COLOUR_TOY}-1"
+    weights_hash = f"{COLOUR_TOY}-2"
     description = "colour toy for the synthetic slide (not a pathology model)"
     COLOURS: dict[str, tuple[int, int, int]] = {  # noqa: RUF012 - read-only class table
         "background": BACKGROUND_COLOUR,
         **CLASS_COLOURS,
     }
-    CENTRE = np.mean(list(COLOURS.values()), axis=0).astype(np.float32)
+    GLASS = _GLASS
+    TISSUE = _TISSUE
+    AXES = _AXES
+    # Length of the glass component of an all-glass tile (a whole class is 1): the background
+    # wins only tiles with under 20 % tissue.
+    GLASS_WEIGHT = 0.25
+    # A pixel this unsaturated is unstained glass (the synthetic glass is below 0.07; its
+    # palest tissue, necrosis, is at 0.17).
+    GLASS_SATURATION = 0.1
 
     def encode_images(self, images) -> np.ndarray:
         """uint8 (0–255) or float (0–1) RGB tiles, (B, H, W, 3) or (B, 3, H, W) → (B, 3)."""
@@ -67,15 +88,24 @@ class ColourToyModel:
         x = x.astype(np.float32) * np.float32(scale)
         if x.shape[-1] != 3:
             x = np.moveaxis(x, 1, -1)
-        return x.mean(axis=(1, 2)) - self.CENTRE
+        brightest = x.max(axis=-1)
+        saturation = (brightest - x.min(axis=-1)) / np.maximum(brightest, 1e-6)
+        glass = (saturation < self.GLASS_SATURATION).mean(axis=(1, 2)) * self.GLASS_WEIGHT
+        departure = (x.mean(axis=(1, 2)) - self.GLASS) @ self.AXES.T
+        return np.concatenate([departure, glass[:, None]], axis=1).astype(np.float32)
 
     def project(self, features, normalize: bool = True) -> np.ndarray:
         f = np.asarray(features, np.float32)
         return _unit(f) if normalize else f
 
     def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
-        rows = [np.asarray(self.COLOURS[self.class_of(t)], np.float32) - self.CENTRE for t in texts]
-        out = np.stack(rows) if rows else np.zeros((0, 3), np.float32)
+        rows = []
+        for text in texts:
+            row = np.zeros(4, np.float32)
+            name = self.class_of(text)
+            row[3 if name == "background" else self.TISSUE.index(name)] = 1.0
+            rows.append(row)
+        out = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 4), np.float32)
         return _unit(out) if normalize else out
 
     @staticmethod
