@@ -11,6 +11,7 @@ caption in the README says so.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ def main() -> None:
         env = {**os.environ, "_NC_SHOT": "1"}
         cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, __file__]
         raise SystemExit(subprocess.call(cmd, env=env))
+    # torch (the models) before napari starts OpenGL, or triton can crash it (see view.py)
+    importlib.import_module("napari_conch.models")
     import napari
     from qtpy.QtWidgets import QApplication
 

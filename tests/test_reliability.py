@@ -151,20 +151,33 @@ def test_a_pyramid_level_that_does_not_line_up_is_dropped(tmp_path, caplog):
 
 
 @case("slide-origin-nonzero")
-def test_a_slide_placed_away_from_the_origin_keeps_its_pixel_grid(tmp_path, tiny_model):
+def test_a_slide_placed_away_from_the_origin_is_placed_consistently(tmp_path, tiny_model):
     from slides import write_ome_zarr
+
+    from napari_conch._napari.layers import slide_layer_data
+    from napari_conch.export import tile_table, to_geojson, to_ome_zarr
+    from napari_conch.readback import read_ome_zarr
 
     levels = pyramid(tissue_like(1024, 1024), (1, 4))
     write_ome_zarr(tmp_path / "at0.zarr", levels, mpp=0.5)
     write_ome_zarr(tmp_path / "moved.zarr", levels, mpp=0.5, translation_um=(1000.0, 250.0))
     moved, at0 = nc.open_slide(tmp_path / "moved.zarr"), nc.open_slide(tmp_path / "at0.zarr")
-    assert moved.metadata["origin_px"] == (2000, 500)  # recorded …
+    assert moved.origin_um == (1000.0, 250.0) and at0.origin_um == (0.0, 0.0)
+    assert slide_layer_data(moved)[1]["translate"] == (1000.0, 250.0)  # the slide layer …
     prompts = PromptSet(["tumor", "stroma"])
-    a = nc.zero_shot_segment(nc.embed(moved, tiny_model, cache=None), tiny_model, prompts)
-    b = nc.zero_shot_segment(nc.embed(at0, tiny_model, cache=None), tiny_model, prompts)
-    # … and the maps stay in the image's own pixel grid, like the slide layer and exports
-    assert a.translate_um == b.translate_um and a.scale_um == b.scale_um
+    emb_a, emb_b = (nc.embed(s, tiny_model, cache=None) for s in (moved, at0))
+    a = nc.zero_shot_segment(emb_a, tiny_model, prompts)
+    b = nc.zero_shot_segment(emb_b, tiny_model, prompts)
+    # … the maps, tile positions in µm and OME-Zarr exports move with it …
+    assert np.subtract(a.translate_um, b.translate_um) == pytest.approx((1000.0, 250.0))
+    assert a.scale_um == b.scale_um
     np.testing.assert_array_equal(a.labels, b.labels)
+    table = tile_table(emb_a, a)
+    np.testing.assert_allclose(table["y_um"] - table["y_px"] * 0.5, 1000.0)
+    back, _ = read_ome_zarr(to_ome_zarr(a, tmp_path / "a.ome.zarr"))
+    assert back.translate_um == pytest.approx(a.translate_um)
+    # … while pixel positions (QuPath's GeoJSON) stay those of the image
+    assert to_geojson(a)["features"] == to_geojson(b)["features"]
 
 
 @case("mpp-missing")
@@ -196,7 +209,7 @@ def test_an_all_white_slide_gives_empty_results_not_crashes(tmp_path, cache, tin
     seg = nc.zero_shot_segment(emb, tiny_model, prompts)
     assert seg.areas_mm2 == {"tumor": 0.0, "stroma": 0.0}
     assert len(nc.retrieve(emb, tiny_model, "tumor", k=5)) == 0
-    with pytest.raises(ValueError, match="No embedded tiles"):
+    with pytest.raises(ValueError, match="No embedded tissue tiles"):
         nc.classify_slide(emb, tiny_model, prompts, top_k=3)
 
 

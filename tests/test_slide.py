@@ -276,3 +276,22 @@ def test_dask_levels_can_be_sent_to_other_processes(files):
     assert big.metadata["pyramid_source"] == "computed"
     coarse = pickle.loads(pickle.dumps(big.levels[1]))
     np.testing.assert_array_equal(coarse.compute(), big.levels[1].compute())
+
+
+def test_per_axis_downsamples_place_levels_exactly():
+    """A level whose height and width shrink by slightly different factors (odd sizes
+    rounded by the scanner): downsamples_yx holds each axis's factor, downsamples their
+    mean, and reads at that level land where level 0 says."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (1001, 1503, 3), dtype=np.uint8)
+    half = base[::2, ::2][:500, :751]  # 1001 → 500 rows (×2.002), 1503 → 751 columns (×2.0013)
+    slide = Slide.from_array([base, half], mpp=0.5, name="odd")
+    (fy0, fx0), (fy, fx) = slide.downsamples_yx
+    assert (fy0, fx0) == (1.0, 1.0)
+    assert fy == pytest.approx(1001 / 500) and fx == pytest.approx(1503 / 751)
+    assert slide.downsamples[1] == pytest.approx((fy + fx) / 2)
+    y, x = 900, 1400  # level-0 px: level 1 row floor(900 / fy), column floor(1400 / fx)
+    got = slide.read_region(y, x, 4, 4, level=1)
+    np.testing.assert_array_equal(
+        got, half[int(y // fy) : int(y // fy) + 4, int(x // fx) : int(x // fx) + 4]
+    )

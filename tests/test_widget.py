@@ -93,16 +93,19 @@ def test_full_flow_segment_prompt_exemplar_retrieve_call(loaded, qtbot):
     assert peak == expected
 
     # retrieval and the slide call
+    assert widget.background_class() == "background"
+    widget.background.setCurrentText("(none)")  # no background class: any tile may be a hit
     widget.k.setValue(5)
     widget.run_retrieval()
     _wait(qtbot, widget)
     assert len(viewer.layers["conch retrieval"].data) == 5
     widget.step_hit(1)
     assert widget.hit_label.text().startswith("#2 of 5")
+    widget.background.setCurrentText("background")
     widget.top_k.setValue(3)
     widget.run_slide_call()
     _wait(qtbot, widget)
-    assert widget.call_table.rowCount() == 4
+    assert widget.call_table.rowCount() == 3  # the Segment tab's background is never a call
     assert "UNTRAINED" in widget.call_label.text()
     assert len(viewer.layers["conch evidence"].data) == 3
     assert counting.tiles == tiles_embedded

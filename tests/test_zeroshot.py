@@ -220,7 +220,12 @@ def test_min_confidence_and_colours_and_areas(colour_emb):
     assert seg.colors[1] == (0.0, 1.0, 0.0, 1.0) and seg.colors[0][3] == 0
     assert len({seg.colors[i] for i in (1, 2, 3)}) == 3
     cell_mm2 = (16 / 1000) ** 2
-    assert seg.areas_mm2["tumor"] == pytest.approx((seg.labels == 1).sum() * cell_mm2)
+    # a class's area is the tissue of the cells it wins: the labelled ones, plus the tissue
+    # of cells under half tissue that the map leaves unlabelled
+    tissue = emb.grid.cell_tissue_fraction
+    labelled = tissue[seg.labels == 1].sum() * cell_mm2
+    minority = tissue[~emb.grid.cell_is_tissue].sum() * cell_mm2
+    assert labelled <= seg.areas_mm2["tumor"] <= labelled + minority
     strict = zero_shot_segment(emb, model, CLASSES, background="background", min_confidence=0.999)
     assert (strict.labels > 0).sum() < (seg.labels > 0).sum()
     with pytest.raises(ValueError, match="min_confidence"):
@@ -260,11 +265,11 @@ def test_untrained_models_mark_their_results(tiny_model, synth):
 def test_similarity_to_text_and_to_an_exemplar(synth, colour_emb):
     model, emb = colour_emb
     sim = similarity_map(emb, model, text="tumor")
-    assert sim.values.shape == (emb.grid.shape[0] + 1, emb.grid.shape[1] + 1)
+    assert sim.values.shape == emb.grid.cell_shape  # up to the image's edge, not past it
     tumour = synth.regions_um[1]["centre_um"]
     i = round((tumour[0] - sim.translate_um[0]) / sim.scale_um[0])
     j = round((tumour[1] - sim.translate_um[1]) / sim.scale_um[1])
-    assert sim.values[i, j] > 0.99
+    assert sim.values[i, j] > 0.95  # tumour's nuclei pull its mean colour a little aside
     assert np.isnan(sim.values[0, 0])  # no tissue there: no tile looked
     necrosis = synth.regions_um[2]["centre_um"]
     ni = round((necrosis[0] - sim.translate_um[0]) / sim.scale_um[0])

@@ -260,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_options(classify)
     _prompt_options(classify)
     classify.add_argument("--top-k", type=int, default=10)
+    classify.add_argument(
+        "--background",
+        help="class (or phrase) for non-tissue: its tiles are left out and it is never the call",
+    )
     classify.add_argument("-o", "--output", type=Path, help="also write the table (.csv)")
     classify.set_defaults(func=cmd_classify)
 
@@ -275,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_options(retrieve)
     retrieve.add_argument("--text", required=True)
     retrieve.add_argument("-k", type=int, default=20)
+    retrieve.add_argument(
+        "--background", help="phrase for non-tissue: tiles it wins over --text are not hits"
+    )
     retrieve.add_argument("-o", "--output", type=Path, help="also write the hits (.csv)")
     retrieve.set_defaults(func=cmd_retrieve)
 
@@ -688,8 +695,7 @@ def _run_demo(model, sample, out: Path, *, quiet: bool) -> int:
     prompts = PromptSet(sample.classes)
     seg = zero_shot_segment(emb, model, prompts, background=sample.background)
     sim = similarity_map(emb, model, text=sample.query)
-    tissue_classes = {k: v for k, v in sample.classes.items() if k != sample.background}
-    call = classify_slide(emb, model, PromptSet(tissue_classes), top_k=3)
+    call = classify_slide(emb, model, prompts, top_k=3, background=sample.background)
     stem = f"{sample.name}-{model.name}"
     written = list(
         export_all(seg, out, stem, emb=emb, similarities=[sim], formats=FORMATS).values()
@@ -891,11 +897,11 @@ def cmd_classify(args) -> int:
     from .zeroshot import classify_slide
 
     models = _load_models(args, names)
-    _check_prompts(models, prompts)
+    _check_prompts(models, prompts, args.background)
     rows = []
     for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
-        call = classify_slide(emb, model, prompts, top_k=args.top_k)
+        call = classify_slide(emb, model, prompts, top_k=args.top_k, background=args.background)
         rows.append(
             {
                 "slide": str(path),
@@ -922,11 +928,12 @@ def cmd_retrieve(args) -> int:
     from .zeroshot import retrieve
 
     models = _load_models(args, names)
-    _check_prompts(models, texts=[args.text])
+    _check_prompts(models, background=args.background, texts=[args.text])
     frames = []
     for model in models:
         sources = [_embed(path, model, args)[1] for path in args.slides]
-        hits = pd.DataFrame([vars(h) for h in retrieve(sources, model, args.text, k=args.k)])
+        found = retrieve(sources, model, args.text, k=args.k, background=args.background)
+        hits = pd.DataFrame([vars(h) for h in found])
         if len(models) > 1:
             hits.insert(0, "model", model.name)
         frames.append(hits)

@@ -322,7 +322,7 @@ def _order(grid: TileGrid, region, region_only: bool, tiles) -> np.ndarray:
         raise ValueError(f"region must be (y0, x0, y1, x1) with y1 > y0 and x1 > x0; got {region}.")
     inside = np.zeros(n, bool)
     inside[grid.tiles_in_box_um(region)] = True
-    centre = np.array([(y0 + y1) / 2, (x0 + x1) / 2]) / grid.mpp
+    centre = (np.array([(y0 + y1) / 2, (x0 + x1) / 2]) - grid.offset_um) / grid.mpp
     tile_centres = grid.coords[base] + grid.tile_px / 2
     distance = np.hypot(*(tile_centres - centre).T)
     first = inside[base]

@@ -28,6 +28,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 UNCERTAINTY_CHANNEL = "uncertainty"
+BACKGROUND_RGB = (160, 160, 160)  # tiles the background class wins (QuPath colour)
 # Every format export_all writes (the CLI's --formats choices).
 FORMATS = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv", "parquet")
 
@@ -130,19 +131,29 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
     emb : Embeddings, optional
         The embeddings the segmentation came from (for tile squares).
     """
+    from shapely import box
     from shapely.geometry import mapping
 
     grid = seg.metadata["grid"]
     cell_px = float(grid["stride_px"])
     origin = tuple(float(v) for v in grid.get("origin_px", (0, 0)))
-    mpp = float(grid["mpp"])
+    # The image's edge is the edge: polygons and tile squares are cut there.
+    image = None
+    if grid.get("slide_shape"):
+        height, width = (float(v) for v in grid["slide_shape"])
+        image = box(0.0, 0.0, width, height)
     features = []
     for label, name in enumerate(seg.class_names, start=1):
         geometry = label_polygons(seg.labels, label, cell_px, origin)
-        if geometry is None:
+        if geometry is not None and image is not None:
+            geometry = geometry.intersection(image)
+        if geometry is None or geometry.is_empty:
             continue
+        measurements = {"Tissue area µm^2": float(seg.areas_mm2.get(name, 0.0) * 1e6)}
         probability = seg.probabilities[label - 1][seg.labels == label]
         probability = probability[np.isfinite(probability)]  # painted cells may have none
+        if probability.size:  # QuPath reads every measurement as a number: never null
+            measurements["Mean probability"] = float(probability.mean())
         features.append(
             {
                 "type": "Feature",
@@ -151,12 +162,7 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
                     "objectType": "annotation",
                     "name": name,
                     "classification": {"name": name, "color": _rgb255(seg.colors[label])},
-                    "measurements": {
-                        "Area µm^2": float(geometry.area * mpp * mpp),
-                        "Mean probability": float(np.nanmean(probability))
-                        if probability.size
-                        else None,
-                    },
+                    "measurements": measurements,
                     "isLocked": False,
                 },
             }
@@ -164,31 +170,7 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
     if tiles:
         if emb is None:
             raise ValueError("tiles=True needs the embeddings (emb=) for the tile positions.")
-        size = float(grid["tile_px"])
-        for position, (y, x) in enumerate(emb.coords):
-            probs = seg.tile_probabilities[position]
-            if not np.isfinite(probs).all():
-                continue
-            y, x = float(y), float(x)
-            square = [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
-            best = int(np.argmax(probs))
-            features.append(
-                {
-                    "type": "Feature",
-                    "geometry": {"type": "Polygon", "coordinates": [square]},
-                    "properties": {
-                        "objectType": "detection",
-                        "classification": {
-                            "name": seg.class_names[best],
-                            "color": _rgb255(seg.colors[best + 1]),
-                        },
-                        "measurements": {
-                            f"p({n})": float(p) for n, p in zip(seg.class_names, probs, strict=True)
-                        },
-                        "tile": position,
-                    },
-                }
-            )
+        features += _tile_features(seg, emb, float(grid["tile_px"]), image)
     collection = {
         "type": "FeatureCollection",
         "features": features,
@@ -199,6 +181,37 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
         with _atomic(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     return json.loads(text)  # plain lists, exactly what the file holds
+
+
+def _tile_features(seg, emb, size: float, image) -> list[dict]:
+    """One square "detection" per embedded tile, classified by the map's decision rule
+    (``"background"`` where the background class wins; no class below min_confidence)."""
+    from shapely import box
+    from shapely.geometry import mapping
+
+    classes = seg.tile_classes()
+    colors = {name: _rgb255(seg.colors[i]) for i, name in enumerate(seg.class_names, start=1)}
+    colors["background"] = list(BACKGROUND_RGB)
+    features = []
+    for position, (y, x) in enumerate(emb.coords):
+        probs = seg.tile_probabilities[position]
+        name = classes[position]
+        if not name:  # not embedded
+            continue
+        square = box(float(x), float(y), float(x) + size, float(y) + size)
+        if image is not None:
+            square = square.intersection(image)
+        properties = {
+            "objectType": "detection",
+            "measurements": {
+                f"p({n})": float(p) for n, p in zip(seg.class_names, probs, strict=True)
+            },
+            "tile": position,
+        }
+        if name in colors:
+            properties["classification"] = {"name": name, "color": colors[name]}
+        features.append({"type": "Feature", "geometry": mapping(square), "properties": properties})
+    return features
 
 
 # -- OME-Zarr --------------------------------------------------------------------------------
@@ -392,8 +405,8 @@ def tile_table(emb, seg=None, similarities=(), path=None):
         "col": grid.indices[:, 1],
         "y_px": coords[:, 0],
         "x_px": coords[:, 1],
-        "y_um": coords[:, 0] * mpp,
-        "x_um": coords[:, 1] * mpp,
+        "y_um": grid.offset_um[0] + coords[:, 0] * mpp,  # world µm (an OME-Zarr's translation)
+        "x_um": grid.offset_um[1] + coords[:, 1] * mpp,
         "size_px": grid.tile_px,
         "size_um": grid.tile_um,
         "tissue_fraction": grid.tissue_fraction,
@@ -402,11 +415,7 @@ def tile_table(emb, seg=None, similarities=(), path=None):
     if seg is not None:
         for i, name in enumerate(seg.class_names):
             table[f"p({name})"] = seg.tile_probabilities[:, i]
-        finite = np.isfinite(seg.tile_probabilities).all(axis=1)
-        best = np.where(
-            finite, np.nanargmax(np.where(finite[:, None], seg.tile_probabilities, -1), axis=1), -1
-        )
-        table["class"] = [seg.class_names[b] if b >= 0 else "" for b in best]
+        table["class"] = seg.tile_classes()  # the map's rule: "background" where it wins
     for sim in similarities:
         values = sim.tile_values if sim.tile_values.ndim == 2 else sim.tile_values[None]
         for query, column in zip(sim.queries, values, strict=True):

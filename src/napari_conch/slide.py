@@ -59,7 +59,16 @@ class Slide:
         µm per level-0 pixel; None when the file does not say (pass ``mpp=`` to
         :func:`open_slide`). Nothing assumes a default.
     downsamples : list of float
-        Level-0 pixels per pixel of each level.
+        Level-0 pixels per pixel of each level: the mean of the two axes' factors, to
+        choose a level by resolution.
+    downsamples_yx : list of (float, float)
+        The same per axis, (level-0 rows per level row, level-0 columns per level column).
+        Use these to turn level pixels into level-0 pixels: where a level's height and width
+        shrink by slightly different factors (odd sizes rounded by the scanner), the mean is
+        off by up to a pixel per 1,000.
+    origin_um : (float, float)
+        Where level-0 pixel (0, 0) lies in the world, in µm (an OME-Zarr's translation;
+        (0, 0) for every other format). Layers, maps and exports are placed relative to it.
     shape : tuple of int
         (height, width) of level 0 in pixels.
     metadata : dict
@@ -97,8 +106,10 @@ class Slide:
             reader.label = f"{self.name} level {i}"
         self.shape: tuple[int, int] = readers[0].shape
         H, W = self.shape
-        self._factors = [(H / r.shape[0], W / r.shape[1]) for r in readers]
-        self.downsamples: list[float] = [(fy + fx) / 2 for fy, fx in self._factors]
+        self.downsamples_yx: list[tuple[float, float]] = [
+            (H / r.shape[0], W / r.shape[1]) for r in readers
+        ]
+        self.downsamples: list[float] = [(fy + fx) / 2 for fy, fx in self.downsamples_yx]
         self.mpp: float | None = self._mpp_override if self._mpp_override else backend.mpp
         self.levels = [self._dask_level(i, r) for i, r in enumerate(readers)]
         note = backend.metadata.get("pixel_conversion")
@@ -215,7 +226,7 @@ class Slide:
         h, w = int(h), int(w)
         if h < 0 or w < 0:
             raise ValueError(f"Region size must be non-negative; got h={h}, w={w}.")
-        fy, fx = self._factors[level]
+        fy, fx = self.downsamples_yx[level]
         ly, lx = math.floor(y / fy), math.floor(x / fx)
         return self._read(level, ly, ly + h, lx, lx + w)
 
@@ -232,6 +243,12 @@ class Slide:
 
     def _where(self) -> str:
         return str(self.path) if self.path else self.name
+
+    @property
+    def origin_um(self) -> tuple[float, float]:
+        """World position (µm) of level-0 pixel (0, 0): an OME-Zarr's translation, else 0."""
+        y, x = self.metadata.get("translate_um") or (0.0, 0.0)
+        return (float(y), float(x))
 
     def level_mpp(self, level: int) -> float | None:
         """µm per pixel of ``level`` (None when the slide's µm/px is unknown)."""

@@ -103,7 +103,7 @@ def slide_fingerprint(slide: Slide) -> str:
             h.update(fh.read(2**20))
     last = len(slide.levels) - 1
     lh, lw = slide.levels[last].shape[:2]
-    fy, fx = slide._factors[last]
+    fy, fx = slide.downsamples_yx[last]
     size = min(256, lh, lw)
     for ry, rx in ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75)):
         y = int((lh - size) * ry)
@@ -180,6 +180,7 @@ class EmbeddingStore:
                     store = cls(path)
                     if store.attrs.get("signature") == signature:
                         _remove_partials(path)
+                        _write_cell_tissue(store.group, grid)  # stores made before it existed
                         return store
                     reason = "its signature differs"
                 except Exception as exc:  # unreadable metadata: rebuild it
@@ -269,6 +270,7 @@ def _create(path: Path, signature: dict, slide: Slide, model, grid: TileGrid, dt
     if n:
         group["indices"][:] = grid.indices
         group["tissue"][:] = grid.tissue_fraction
+    _write_cell_tissue(group, grid)
     group.attrs.update(
         {
             "napari_conch": STORE_VERSION,
@@ -277,6 +279,16 @@ def _create(path: Path, signature: dict, slide: Slide, model, grid: TileGrid, dt
         }
     )
     tmp.rename(path)  # the store appears complete or not at all
+
+
+def _write_cell_tissue(group, grid: TileGrid) -> None:
+    """Keep the grid's per-cell tissue fractions (the map's tissue rule) with the features."""
+    if grid.cell_tissue is None or "cell_tissue" in group:
+        return
+    group.create_array(
+        "cell_tissue", shape=grid.cell_tissue.shape, dtype=np.float32, chunks=grid.cell_tissue.shape
+    )
+    group["cell_tissue"][:] = grid.cell_tissue
 
 
 def describe(slide: Slide, model, grid: TileGrid, fingerprint: str) -> dict:
@@ -354,7 +366,10 @@ class Embeddings:
         try:
             group = zarr.open_group(str(path), mode="r")
             attrs = dict(group.attrs)
-            grid = TileGrid.from_dict(attrs["grid"], group["indices"][:], group["tissue"][:])
+            cell_tissue = group["cell_tissue"][:] if "cell_tissue" in group else None
+            grid = TileGrid.from_dict(
+                attrs["grid"], group["indices"][:], group["tissue"][:], cell_tissue
+            )
             features = group["features"][:]
             done = group["done"][:]
         except (KeyError, FileNotFoundError, ValueError) as exc:

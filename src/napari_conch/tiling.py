@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from .slide import as_slide
 from .tissue import TissueMask, tissue_mask
 
 DEFAULT_MIN_TISSUE = 0.1
+# A map cell is labelled only where at least this fraction of it (of its part inside the
+# image) is tissue: the majority rule puts label borders on the tissue border to within half
+# a cell, and keeps the rim of glass around tissue (which overlapping tiles would otherwise
+# colour) unlabelled.
+CELL_TISSUE_MIN = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,6 +55,14 @@ class TileGrid:
         Tiles with less tissue than this were left out (0: any tissue keeps a tile).
     slide_shape : (int, int)
         Level-0 (H, W) of the slide.
+    offset_um : (float, float)
+        World position (µm) of level-0 pixel (0, 0): the slide's ``origin_um`` (an
+        OME-Zarr's translation). Maps and tile positions in µm include it; pixel positions
+        do not.
+    cell_tissue : ndarray (h, w) float32 or None
+        Tissue fraction of each map cell (tissue area in the cell ÷ the cell's area), from
+        the tissue mask; None when tissue detection was off (then every cell's part inside
+        the image counts as tissue, see :attr:`cell_tissue_fraction`).
     """
 
     tile_um: float
@@ -67,10 +80,69 @@ class TileGrid:
     min_tissue: float
     slide_shape: tuple[int, int]
     tissue_filter: bool = True
+    offset_um: tuple[float, float] = (0.0, 0.0)
+    cell_tissue: np.ndarray | None = field(default=None, repr=False)
     _signature: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
+
+    def subset(self, keep) -> TileGrid:
+        """The same grid with only the tiles where ``keep`` (bool (N,) or positions) holds."""
+        keep = np.asarray(keep)
+        if keep.dtype != bool:
+            mask = np.zeros(len(self), bool)
+            mask[keep] = True
+            keep = mask
+        return replace(
+            self,
+            indices=self.indices[keep],
+            tissue_fraction=self.tissue_fraction[keep],
+            _signature=None,
+        )
+
+    # -- map cells -------------------------------------------------------------------------
+
+    @property
+    def cell_shape(self) -> tuple[int, int]:
+        """(rows, columns) of a map on this grid: cells of ``stride_px`` from the origin up to
+        the image's edge (the last cell may straddle it), never past it."""
+        k = self.tiles_per_cell_side
+        return tuple(
+            max(1, min(n + k - 1, math.ceil((size - origin) / self.stride_px)))
+            for n, size, origin in zip(self.shape, self.slide_shape, self.origin_px, strict=True)
+        )
+
+    @property
+    def cell_inside_fraction(self) -> np.ndarray:
+        """Fraction of each map cell that lies inside the image, (h, w) float32."""
+        ys, xs = (
+            _inside_lengths(n, origin, self.stride_px, size) / self.stride_px
+            for n, origin, size in zip(
+                self.cell_shape, self.origin_px, self.slide_shape, strict=True
+            )
+        )
+        return np.outer(ys, xs).astype(np.float32)
+
+    @property
+    def cell_tissue_fraction(self) -> np.ndarray:
+        """Tissue fraction of each map cell, (h, w) float32: from the tissue mask, or — when
+        tissue detection was off — the part of the cell inside the image."""
+        if self.cell_tissue is not None and self.cell_tissue.shape == self.cell_shape:
+            return self.cell_tissue
+        return self.cell_inside_fraction
+
+    @property
+    def cell_is_tissue(self) -> np.ndarray:
+        """Cells that may carry a class: at least :data:`CELL_TISSUE_MIN` of their part inside
+        the image is tissue (what lies beyond the edge is not glass, just not there)."""
+        inside = self.cell_inside_fraction
+        return (inside > 0) & (self.cell_tissue_fraction >= CELL_TISSUE_MIN * inside)
+
+    @property
+    def cell_area_mm2(self) -> float:
+        """Area of one whole map cell in mm²."""
+        return (self.stride_px * self.mpp / 1000.0) ** 2
 
     @property
     def coords(self) -> np.ndarray:
@@ -97,7 +169,10 @@ class TileGrid:
     @property
     def cell_translate_um(self) -> tuple[float, float]:
         """napari ``translate`` of a map with one value per grid cell (DESIGN §4)."""
-        return tuple((a + (self.stride_px - 1) / 2) * self.mpp for a in self.origin_px)
+        return tuple(
+            o + (a + (self.stride_px - 1) / 2) * self.mpp
+            for a, o in zip(self.origin_px, self.offset_um, strict=True)
+        )
 
     @property
     def tiles_per_cell_side(self) -> int:
@@ -106,7 +181,10 @@ class TileGrid:
 
     def tiles_in_box_um(self, box_um) -> np.ndarray:
         """Positions (into the N tiles) of tiles intersecting a µm box (y0, x0, y1, x1)."""
-        y0, x0, y1, x1 = (float(v) / self.mpp for v in box_um)
+        oy, ox = self.offset_um
+        y0, x0, y1, x1 = (
+            (float(v) - o) / self.mpp for v, o in zip(box_um, (oy, ox, oy, ox), strict=True)
+        )
         c = self.coords
         hit = (
             (c[:, 0] < y1)
@@ -133,6 +211,8 @@ class TileGrid:
             "tissue_filter": self.tissue_filter,
             "slide_shape": list(self.slide_shape),
             "n_tiles": len(self),
+            # only when set, so grids of slides without a translation keep their signature
+            **({"offset_um": list(self.offset_um)} if any(self.offset_um) else {}),
         }
 
     @classmethod
@@ -144,7 +224,8 @@ class TileGrid:
         mpp: float = 1.0,
         input_size: int | None = None,
     ) -> TileGrid:
-        """A grid over given (row, column) tile indices, e.g. for features made elsewhere."""
+        """A grid over given (row, column) tile indices, e.g. for features made elsewhere (the
+        slide is taken to end where the last tile does; every cell counts as tissue)."""
         indices = np.asarray(indices, np.int32).reshape(-1, 2)
         stride_px = stride_px or tile_px
         shape = tuple(int(v) + 1 for v in indices.max(axis=0)) if len(indices) else (0, 0)
@@ -167,7 +248,13 @@ class TileGrid:
         )
 
     @classmethod
-    def from_dict(cls, meta: dict, indices: np.ndarray, tissue_fraction: np.ndarray) -> TileGrid:
+    def from_dict(
+        cls,
+        meta: dict,
+        indices: np.ndarray,
+        tissue_fraction: np.ndarray,
+        cell_tissue: np.ndarray | None = None,
+    ) -> TileGrid:
         return cls(
             tile_um=float(meta["tile_um"]),
             stride_um=float(meta["stride_um"]),
@@ -184,6 +271,8 @@ class TileGrid:
             min_tissue=float(meta["min_tissue"]),
             slide_shape=tuple(int(v) for v in meta["slide_shape"]),
             tissue_filter=bool(meta.get("tissue_filter", True)),
+            offset_um=tuple(float(v) for v in meta.get("offset_um", (0.0, 0.0))),
+            cell_tissue=None if cell_tissue is None else np.asarray(cell_tissue, np.float32),
         )
 
     def signature(self) -> str:
@@ -283,15 +372,22 @@ def tile_grid(
     )
     indices = np.stack([ii.ravel(), jj.ravel()], axis=1)
     use_tissue = tissue is not False and tissue is not None
+    cell_tissue = None
     if use_tissue:
-        mask = tissue if isinstance(tissue, TissueMask) else tissue_mask(slide)
+        # At least 8 mask pixels per cell side (at most 8 µm each): the mask decides which
+        # cells are tissue, so its pixels must be small against them.
+        mask = (
+            tissue
+            if isinstance(tissue, TissueMask)
+            else tissue_mask(slide, target_mpp=min(8.0, stride_px * mpp / 8))
+        )
         coords = indices.astype(np.int64) * stride_px
         fraction = _box_fractions(mask, coords, tile_px)
         keep = (fraction > 0) & (fraction >= min_tissue)
         indices, fraction = indices[keep], fraction[keep]
     else:
         fraction = np.ones(len(indices), np.float32)
-    return TileGrid(
+    grid = TileGrid(
         tile_um=tile_px * mpp,
         stride_um=stride_px * mpp,
         mpp=mpp,
@@ -307,7 +403,45 @@ def tile_grid(
         min_tissue=float(min_tissue) if use_tissue else 0.0,
         slide_shape=(H, W),
         tissue_filter=use_tissue,
+        offset_um=slide.origin_um,
     )
+    if use_tissue:
+        cell_tissue = cell_tissue_fractions(mask, grid)
+        grid = replace(grid, cell_tissue=cell_tissue)
+    return grid
+
+
+def cell_tissue_fractions(mask: TissueMask, grid: TileGrid) -> np.ndarray:
+    """Tissue fraction of every map cell of ``grid``, (h, w) float32: the exact overlap of
+    each cell with the mask's pixels (both clipped to the image), divided by the cell's area.
+    """
+    m = mask.mask.astype(np.float64)
+    if m.size == 0:
+        return np.zeros(grid.cell_shape, np.float32)
+    weights = [
+        _overlap_matrix(n, origin, grid.stride_px, m.shape[axis], mask.downsample[axis], size)
+        for axis, (n, origin, size) in enumerate(
+            zip(grid.cell_shape, grid.origin_px, grid.slide_shape, strict=True)
+        )
+    ]
+    covered = weights[0] @ m @ weights[1].T  # level-0 px² of tissue per cell
+    return np.clip(covered / grid.stride_px**2, 0.0, 1.0).astype(np.float32)
+
+
+def _overlap_matrix(cells: int, origin: int, stride: int, pixels: int, step: float, size: int):
+    """Lengths (level-0 px) shared by cell intervals [origin + i·stride, +stride) and mask
+    pixel intervals [j·step, (j+1)·step), both cut at the image's end ``size``."""
+    c0 = np.minimum(origin + np.arange(cells) * stride, size)
+    c1 = np.minimum(c0 + stride, size)
+    p0 = np.minimum(np.arange(pixels) * step, size)
+    p1 = np.minimum(p0 + step, size)
+    return np.clip(np.minimum(c1[:, None], p1[None]) - np.maximum(c0[:, None], p0[None]), 0, None)
+
+
+def _inside_lengths(cells: int, origin: int, stride: int, size: int) -> np.ndarray:
+    """Length (px) of each cell interval that lies inside [0, size)."""
+    c0 = origin + np.arange(cells) * stride
+    return np.clip(np.minimum(c0 + stride, size) - np.clip(c0, 0, size), 0, None).astype(float)
 
 
 def _count(size: int, tile: int, stride: int) -> int:

@@ -112,8 +112,8 @@ def tissue_mask(
     slide = as_slide(slide)
     level, factor = _mask_level(slide, target_mpp, max_side)
     rgb = _read_downsampled(slide, level, factor)
-    saturation = _saturation(rgb)
-    saturation = filters.gaussian(saturation, sigma=1.0, preserve_range=True)
+    raw = _saturation(rgb)
+    saturation = filters.gaussian(raw, sigma=1.0, preserve_range=True)
     if saturation.size == 0 or float(saturation.max()) < min_saturation:
         threshold = min_saturation
         mask = np.zeros(saturation.shape, bool)
@@ -132,8 +132,10 @@ def tissue_mask(
             threshold = min_saturation
         else:
             threshold = max(min_saturation, min(otsu, 3.0 * background))
-        mask = saturation > threshold
-    fy, fx = slide._factors[level]
+        # The smoothed saturation drops specks; the pixel's own keeps the smoothing from
+        # spreading tissue a pixel onto the glass around it (a low threshold would).
+        mask = (saturation > threshold) & (raw > threshold)
+    fy, fx = slide.downsamples_yx[level]
     downsample = (fy * factor, fx * factor)
     if slide.mpp is not None:
         pixel_area = downsample[0] * downsample[1] * slide.mpp**2
@@ -185,11 +187,14 @@ def _read_downsampled(slide: Slide, level: int, factor: int) -> np.ndarray:
     if factor > 1:
         import dask.array as da
 
-        h = (data.shape[0] // factor) * factor
-        w = (data.shape[1] // factor) * factor
+        # The last partial block is padded with copies of the image's last rows and columns,
+        # so tissue at the image's edge is in the mask (trimming would lose it).
+        pad_h, pad_w = (-data.shape[0]) % factor, (-data.shape[1]) % factor
+        if pad_h or pad_w:
+            data = da.pad(data, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         block = factor * max(1, 1024 // factor)  # chunks must be whole multiples of factor
-        data = data[:h, :w].rechunk((block, block, 3))
-        data = da.coarsen(np.mean, data, {0: factor, 1: factor}, trim_excess=True, dtype=np.float32)
+        data = data.rechunk((block, block, 3))
+        data = da.coarsen(np.mean, data, {0: factor, 1: factor}, dtype=np.float32)
     # Threads in this process: the pixels are here, and inside a dask.distributed worker the
     # default scheduler would ship the graph around instead.
     return np.asarray(data.compute(scheduler="threads"), dtype=np.float32)

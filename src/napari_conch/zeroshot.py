@@ -9,6 +9,17 @@ Maps live on the tile grid's cells (DESIGN §4): with stride s level-0 px, cell 
 is the mean over all tiles covering it — CONCH's segmentation protocol with overlapping tiles
 (75 % overlap: every cell averages 16 tiles). In napari a map goes at ``scale_um`` and
 ``translate_um``.
+
+Three rules hold for every map and every output made from it:
+
+- **Tissue**: a cell carries a value only where at least half of it is tissue
+  (:data:`~napari_conch.tiling.CELL_TISSUE_MIN`, from the tissue mask at cell resolution);
+  other cells are label 0 and NaN. With ``tissue=False`` every cell inside the image counts.
+- **Edge**: maps end at the image's edge; a cell straddling it counts only its part inside.
+  Class areas are the tissue area of their cells, so Σ class areas ≤ tissue area ≤ image
+  area.
+- **Background**: where a background class wins — a cell, a tile in a table, a hit, a slide
+  call — the answer is background (label 0, ``"background"``), never a tissue class.
 """
 
 from __future__ import annotations
@@ -26,6 +37,11 @@ from .tiling import TileGrid
 from .tissue import TissueMask
 
 logger = logging.getLogger(__name__)
+
+# Codes of SegmentationResult.tile_labels besides the classes 1, 2, …
+TILE_BACKGROUND = 0
+TILE_UNASSIGNED = -1
+TILE_NOT_EMBEDDED = -2
 
 # Class colours (RGBA, 0–1) for labels 1, 2, …: distinct, readable over H&E, fixed by order.
 PALETTE: tuple[tuple[float, float, float, float], ...] = (
@@ -76,7 +92,24 @@ class SegmentationResult(_Result):
     translate_um: tuple[float, float]
     tile_probabilities: np.ndarray
     background_probability: np.ndarray | None = None
+    tile_labels: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
+
+    def tile_classes(self) -> list[str]:
+        """Each tile's answer under the same rule as the map: its class, ``"background"``
+        where the background class wins, ``"unassigned"`` below ``min_confidence``, and ``""``
+        for tiles not embedded."""
+        labels = self.tile_labels
+        if labels is None:  # results built by hand: best class of each tile
+            finite = np.isfinite(self.tile_probabilities).all(axis=1)
+            best = np.argmax(np.where(finite[:, None], self.tile_probabilities, -1), axis=1)
+            labels = np.where(finite, best + 1, TILE_NOT_EMBEDDED)
+        special = {
+            TILE_BACKGROUND: "background",
+            TILE_UNASSIGNED: "unassigned",
+            TILE_NOT_EMBEDDED: "",
+        }
+        return [special.get(int(v)) or self.class_names[int(v) - 1] for v in labels]
 
 
 @dataclass
@@ -183,27 +216,27 @@ def zero_shot_segment(
         np.where(np.isfinite(cosine), cosine, 0.0), model.logit_scale
     )
     tile_probs[~np.isfinite(cosine).all(axis=1)] = np.nan
-    cell_probs = cells_from_tiles(emb.grid, tile_probs)  # (C_all, H, W)
-    covered = np.isfinite(cell_probs).all(axis=0)
-    winner = np.where(covered, np.nanargmax(np.where(covered, cell_probs, -1.0), axis=0), -1)
+    grid = emb.grid
+    cell_probs = cells_from_tiles(grid, tile_probs)  # (C_all, H, W)
     names = prompt_set.names
     keep = [i for i in range(len(names)) if i != background_index]
-    labels = np.zeros(winner.shape, np.uint16 if len(keep) > 254 else np.uint8)
-    for label, index in enumerate(keep, start=1):
-        labels[winner == index] = label
-    best = np.where(covered, np.nanmax(np.where(covered, cell_probs, 0.0), axis=0), 0.0)
-    if min_confidence is not None:
-        labels[best < float(min_confidence)] = 0
+    decided = decide(cell_probs, keep, min_confidence)
+    # A class's area is all the tissue of the cells it wins, cells under half tissue too
+    # (they are drawn unlabelled, but their tissue is measured): parts inside the image only.
+    tissue_mm2 = grid.cell_tissue_fraction * grid.cell_area_mm2
+    tissue = grid.cell_is_tissue  # the tissue rule: what the map shows
+    cell_probs[:, ~tissue] = np.nan
+    labels = np.where(tissue, decided, 0).clip(min=0)
+    labels = labels.astype(np.uint16 if len(keep) > 254 else np.uint8)
+    tile_labels = decide(tile_probs.T, keep, min_confidence)
     uncertainty = (
         normalized_entropy(cell_probs)
         if len(names) > 1
-        else np.where(covered, 0.0, np.nan).astype(np.float32)
+        else np.where(np.isfinite(cell_probs[0]), 0.0, np.nan).astype(np.float32)
     )
     class_names = [names[i] for i in keep]
-    cell_area_mm2 = (emb.grid.stride_px * emb.grid.mpp / 1000.0) ** 2
     areas = {
-        name: float((labels == i).sum() * cell_area_mm2)
-        for i, name in enumerate(class_names, start=1)
+        name: float(tissue_mm2[decided == i].sum()) for i, name in enumerate(class_names, start=1)
     }
     metadata = _metadata(emb, model, "zero_shot_segment", selected, missing)
     metadata.update(
@@ -222,6 +255,7 @@ def zero_shot_segment(
         translate_um=emb.grid.cell_translate_um,
         tile_probabilities=tile_probs[:, keep],
         background_probability=None if background_index is None else cell_probs[background_index],
+        tile_labels=tile_labels,
         metadata=metadata,
     )
 
@@ -272,6 +306,7 @@ def similarity_map(
         labels = [f"{q} − {', '.join(negatives)}" for q in labels]
     tile_values[~selected] = np.nan
     cells = cells_from_tiles(emb.grid, tile_values)
+    cells[:, ~emb.grid.cell_is_tissue] = np.nan  # the tissue rule
     finite = cells[np.isfinite(cells)]
     limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if limits[0] == limits[1]:
@@ -291,7 +326,14 @@ def similarity_map(
 
 
 def classify_slide(
-    emb: Embeddings, model, prompts, top_k: int = 10, *, region=None, slide=None
+    emb: Embeddings,
+    model,
+    prompts,
+    top_k: int = 10,
+    *,
+    background=None,
+    region=None,
+    slide=None,
 ) -> SlideCall:
     """MI-Zero: per class, the mean of its ``top_k`` highest tile similarities; the call is
     the class with the highest mean.
@@ -299,57 +341,94 @@ def classify_slide(
     Uses the projected, normalised features (CONCH's ``run_mizero`` recipe: pre-projection
     features, then ``forward_project`` and L2 normalisation). Choose ``top_k`` before looking
     at labels; the CONCH paper's values are 1, 5, 10, 50, 100.
+
+    ``background`` is what :func:`zero_shot_segment` takes: a class of ``prompts`` or phrases
+    for one. Tiles it wins are left out of the pooling, and it is never the call.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer chosen in advance; got {top_k!r}.")
-    prompt_set = as_prompt_set(prompts)
+    prompt_set, background_index = _with_background(as_prompt_set(prompts), background)
+    keep = [i for i in range(len(prompt_set.names)) if i != background_index]
+    if not keep:
+        raise ValueError("The prompts hold only the background class: nothing to call.")
     selected, missing = _prepare(emb, model, region, slide)
     cosine = _tile_scores(emb, model, selected, prompt_set.class_embeddings(model))
-    usable = np.flatnonzero(np.isfinite(cosine).all(axis=1))
+    usable = np.isfinite(cosine).all(axis=1)
+    if background_index is not None:
+        tile_labels = decide(
+            softmax_probabilities(np.where(usable[:, None], cosine, 0.0), model.logit_scale).T, keep
+        )
+        usable &= tile_labels != TILE_BACKGROUND
+    usable = np.flatnonzero(usable)
     if len(usable) == 0:
-        raise ValueError("No embedded tiles to classify (empty region, or nothing computed yet).")
+        raise ValueError(
+            "No embedded tissue tiles to classify (empty region, nothing computed yet, or the "
+            "background class wins every tile)."
+        )
     k = int(min(top_k, len(usable)))
+    names = [prompt_set.names[i] for i in keep]
     scores, evidence = {}, {}
     coords = emb.grid.coords
-    for c, name in enumerate(prompt_set.names):
+    for c, name in zip(keep, names, strict=True):
         column = cosine[usable, c]
         top = usable[np.argsort(-column, kind="stable")[:k]]
         scores[name] = float(cosine[top, c].mean())
         evidence[name] = [_tile_record(emb, int(p), float(cosine[p, c]), coords) for p in top]
-    pooled = np.array([scores[n] for n in prompt_set.names])
+    pooled = np.array([scores[n] for n in names])
     probs = softmax_probabilities(pooled[None], model.logit_scale)[0]
-    call = prompt_set.names[int(np.argmax(pooled))]
+    call = names[int(np.argmax(pooled))]
     metadata = _metadata(emb, model, "classify_slide", selected, missing)
-    metadata.update(prompts=prompt_set.to_json(), top_k_asked=int(top_k), tiles_used=len(usable))
+    metadata.update(
+        prompts=prompt_set.to_json(),
+        top_k_asked=int(top_k),
+        tiles_used=len(usable),
+        background=None if background_index is None else prompt_set.names[background_index],
+    )
     return SlideCall(
         call=call,
         scores=scores,
-        probabilities=dict(zip(prompt_set.names, probs.tolist(), strict=True)),
+        probabilities=dict(zip(names, probs.tolist(), strict=True)),
         top_k=k,
         evidence=evidence,
         metadata=metadata,
     )
 
 
-def retrieve(source, model, text: str | Sequence[str], k: int = 20, *, region=None) -> Retrieval:
+def retrieve(
+    source,
+    model,
+    text: str | Sequence[str],
+    k: int = 20,
+    *,
+    region=None,
+    background: str | Sequence[str] | None = None,
+) -> Retrieval:
     """The ``k`` tiles most similar to ``text`` across one or many slides' embeddings.
 
     ``source`` is an :class:`Embeddings`, a store path, or a list of them. Several phrases in
     ``text`` are combined (mean of their normalised embeddings) into one query.
+    ``background`` (phrases, e.g. ``"background"``) leaves out tiles it wins over the query:
+    the same rule as the maps.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1; got {k}.")
     queries = [text] if isinstance(text, str) else list(text)
     if not queries:
         raise ValueError("text must be a non-empty prompt or a list of them.")
-    query = np.asarray(model.encode_texts(queries, normalize=True), np.float32).mean(axis=0)
-    query /= max(float(np.linalg.norm(query)), 1e-12)
+    query = _mean_direction(model.encode_texts(queries, normalize=True))
+    backdrop = None
+    if background is not None:
+        phrases = [background] if isinstance(background, str) else list(background)
+        backdrop = _mean_direction(model.encode_texts(phrases, normalize=True))
     sources = source if isinstance(source, (list, tuple)) else [source]
     candidates = []
     for item in sources:
         emb = item if isinstance(item, Embeddings) else Embeddings.open(item)
         selected = _selection(emb, region)
-        scores = emb.projected(model) @ query
+        projected = emb.projected(model)
+        scores = projected @ query
+        if backdrop is not None:  # a softmax over (query, background) picks the larger cosine
+            selected = selected & ~(projected @ backdrop > scores)
         scores[~selected] = np.nan
         finite = np.flatnonzero(np.isfinite(scores))
         best = finite[np.argsort(-scores[finite], kind="stable")[:k]]
@@ -359,6 +438,7 @@ def retrieve(source, model, text: str | Sequence[str], k: int = 20, *, region=No
             else (emb.metadata.get("slide") or {}).get("name", "slide")
         )
         coords = emb.grid.coords
+        oy, ox = emb.grid.offset_um
         for p in best:
             y, x = (int(v) for v in coords[p])
             candidates.append(
@@ -367,14 +447,20 @@ def retrieve(source, model, text: str | Sequence[str], k: int = 20, *, region=No
                     int(p),
                     y,
                     x,
-                    y * emb.grid.mpp,
-                    x * emb.grid.mpp,
+                    oy + y * emb.grid.mpp,
+                    ox + x * emb.grid.mpp,
                     emb.grid.tile_um,
                     float(scores[p]),
                 )
             )
     candidates.sort(key=lambda h: -h.score)
-    return Retrieval(candidates[:k], queries, {"model": _model_info(model), "k": k})
+    metadata = {"model": _model_info(model), "k": k, "background": background}
+    return Retrieval(candidates[:k], queries, metadata)
+
+
+def _mean_direction(vectors) -> np.ndarray:
+    mean = np.asarray(vectors, np.float32).mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 # -- building blocks ------------------------------------------------------------------------
@@ -384,7 +470,8 @@ def cells_from_tiles(grid: TileGrid, tile_values: np.ndarray) -> np.ndarray:
     """Average per-tile values onto grid cells: (N[, Q]) → (Q, H, W), NaN where no tile.
 
     A tile at grid index (i, j) covers cells (i … i+k−1, j … j+k−1), k = tile/stride; each
-    cell takes the mean over the tiles covering it (NaN tiles ignored).
+    cell takes the mean over the tiles covering it (NaN tiles ignored). The map has
+    ``grid.cell_shape`` cells: it ends at the image's edge, where tiles may reach beyond.
     """
     values = np.asarray(tile_values, np.float64)
     if values.ndim == 1:
@@ -404,7 +491,30 @@ def cells_from_tiles(grid: TileGrid, tile_values: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / n
     out[:, n == 0] = np.nan
-    return out.astype(np.float32)
+    h, w = grid.cell_shape
+    return np.ascontiguousarray(out[:, :h, :w], np.float32)
+
+
+def decide(probabilities: np.ndarray, keep: Sequence[int], min_confidence=None) -> np.ndarray:
+    """The one decision rule of every output: class probabilities (C_all, ...) → labels.
+
+    Label k ≥ 1 is ``keep[k - 1]`` (the non-background classes, in order);
+    :data:`TILE_BACKGROUND` (0) where another class — the background — wins;
+    :data:`TILE_UNASSIGNED` where the winner's probability is below ``min_confidence``;
+    :data:`TILE_NOT_EMBEDDED` where probabilities are NaN.
+    """
+    probs = np.asarray(probabilities)
+    finite = np.isfinite(probs).all(axis=0)
+    filled = np.where(finite, probs, -1.0)
+    winner = np.argmax(filled, axis=0)
+    labels = np.full(winner.shape, TILE_BACKGROUND, np.int32)
+    for label, index in enumerate(keep, start=1):
+        labels[winner == index] = label
+    if min_confidence is not None:
+        best = np.max(filled, axis=0)
+        labels[finite & (labels > 0) & (best < float(min_confidence))] = TILE_UNASSIGNED
+    labels[~finite] = TILE_NOT_EMBEDDED
+    return labels
 
 
 def _box_sum(a: np.ndarray, k: int) -> np.ndarray:
@@ -534,7 +644,7 @@ def _exemplar_vector(emb: Embeddings, model, exemplar, projected: np.ndarray) ->
 
 def _tile_at(grid: TileGrid, y_um: float, x_um: float) -> int:
     """The tile whose centre is closest to a µm point (it must lie inside a tile)."""
-    point = np.array([y_um, x_um]) / grid.mpp
+    point = (np.array([y_um, x_um]) - np.asarray(grid.offset_um)) / grid.mpp
     centres = grid.coords + grid.tile_px / 2
     distance = np.abs(centres - point).max(axis=1)
     best = int(np.argmin(distance))
@@ -546,12 +656,13 @@ def _tile_at(grid: TileGrid, y_um: float, x_um: float) -> int:
 def _tile_record(emb: Embeddings, position: int, score: float, coords: np.ndarray) -> dict:
     y, x = (int(v) for v in coords[position])
     mpp = emb.grid.mpp
+    oy, ox = emb.grid.offset_um
     return {
         "position": position,
         "y_px": y,
         "x_px": x,
-        "y_um": y * mpp,
-        "x_um": x * mpp,
+        "y_um": oy + y * mpp,
+        "x_um": ox + x * mpp,
         "size_um": emb.grid.tile_um,
         "score": score,
     }

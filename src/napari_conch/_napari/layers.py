@@ -30,6 +30,8 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> tuple:
     if slide.mpp:
         kwargs["scale"] = (slide.mpp, slide.mpp)
         kwargs["units"] = (MICROMETRE, MICROMETRE)
+        if any(slide.origin_um):  # an OME-Zarr's translation: where its maps go too
+            kwargs["translate"] = slide.origin_um
     return (data, kwargs, "image")
 
 

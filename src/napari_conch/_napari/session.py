@@ -33,6 +33,9 @@ def slide_from_layer(layer, mpp: float | None = None) -> SlideSource:
     scale = tuple(float(s) for s in layer.scale[-2:])
     translate = tuple(float(t) for t in layer.translate[-2:])
     units = [str(u) for u in getattr(layer, "units", ())][-2:]
+    own_origin = (0.0, 0.0)
+    if slide is not None and not (mpp is not None and slide.mpp != mpp):
+        own_origin = slide.origin_um  # maps made on this slide already include it
     if slide is None or (mpp is not None and slide.mpp != mpp):
         data = list(layer.data) if getattr(layer, "multiscale", False) else layer.data
         if (
@@ -46,7 +49,11 @@ def slide_from_layer(layer, mpp: float | None = None) -> SlideSource:
         slide = Slide.from_array(
             base, mpp=mpp if mpp is not None else getattr(slide, "mpp", None), name=layer.name
         )
-    offset = translate if slide.mpp else (0.0, 0.0)
+    offset = (
+        tuple(t - o for t, o in zip(translate, own_origin, strict=True))
+        if slide.mpp
+        else (0.0, 0.0)
+    )
     return SlideSource(slide, layer.name, offset)
 
 
@@ -110,15 +117,3 @@ def tiles_inside_layer(grid, layer, offset_um=(0.0, 0.0)) -> np.ndarray:
                 keep |= points_in_poly(points, verts)
         return keep
     raise TypeError(f"A mask layer must be a Labels or Shapes layer, not {kind}.")
-
-
-def restrict_grid(grid, keep: np.ndarray):
-    """The grid with only the tiles where ``keep`` is True."""
-    from dataclasses import replace
-
-    return replace(
-        grid,
-        indices=grid.indices[keep],
-        tissue_fraction=grid.tissue_fraction[keep],
-        _signature=None,
-    )

@@ -48,7 +48,7 @@ from .layers import (
     show_tiles,
     viewport_um,
 )
-from .session import Session, restrict_grid, slide_from_layer, tiles_inside_layer
+from .session import Session, slide_from_layer, tiles_inside_layer
 
 logger = logging.getLogger(__name__)
 guard_triton()  # before anything imports timm/torchvision (see guard_triton)
@@ -485,6 +485,11 @@ class ConchWidget(QWidget):
 
     # -- segmentation -----------------------------------------------------------------------
 
+    def background_class(self) -> str | None:
+        """The Segment tab's background class (None: no background class)."""
+        background = self.background.currentText()
+        return None if background in ("", "(none)") else background
+
     def prompt_set(self):
         from ..prompts import PromptSet
 
@@ -511,8 +516,7 @@ class ConchWidget(QWidget):
             self._error(exc)
             return None
         s = self.session
-        background = self.background.currentText()
-        background = None if background in ("", "(none)") else background
+        background = self.background_class()
         min_conf = self.min_confidence.value() or None
         token = self._cancel = CancelToken()
         last_draw = [0.0]
@@ -565,7 +569,7 @@ class ConchWidget(QWidget):
             offset = s.source.offset_um
 
             def restrict(grid, layer=mask):
-                return restrict_grid(grid, tiles_inside_layer(grid, layer, offset))
+                return grid.subset(tiles_inside_layer(grid, layer, offset))
 
         return self._start(
             _segmentation_worker,
@@ -749,7 +753,10 @@ class ConchWidget(QWidget):
             return None
         try:
             emb = self._ready_embeddings()
-        except NapariConchError as exc:
+            background = self.background_class()
+            if background is not None:  # its phrases compete with the prompt, as in the map
+                background = self.prompt_set().classes.get(background, [background])
+        except (NapariConchError, ValueError) as exc:
             self._error(exc)
             return None
 
@@ -761,7 +768,13 @@ class ConchWidget(QWidget):
             self.step_hit(1)
 
         return self._start(
-            retrieve, emb, self.session.model, text, int(self.k.value()), on_return=shown
+            retrieve,
+            emb,
+            self.session.model,
+            text,
+            int(self.k.value()),
+            background=background,
+            on_return=shown,
         )
 
     def step_hit(self, step: int) -> None:
@@ -795,6 +808,7 @@ class ConchWidget(QWidget):
             self.session.model,
             prompts,
             top_k=int(self.top_k.value()),
+            background=self.background_class(),  # the Segment tab's: never the call
             on_return=self._show_call,
         )
 

@@ -36,6 +36,7 @@ def open_ome_zarr(path: Path) -> Backend:
         "vendor": "ome-zarr",
         "objective_power": None,
         "origin_px": _level0_origin(ms, datasets[0], axes),
+        "translate_um": _level0_translation_um(ms, datasets[0], axes, units),
         "pyramid_source": "file" if len(levels) > 1 else "single level",
         "ngff_version": ms.get("version") or attrs.get("ome", {}).get("version"),
         "axes": "".join(axes),
@@ -66,6 +67,32 @@ def _level0_mpp(ms, dataset, axes, units, path) -> float | None:
         logger.warning("%s: axis unit %r is not a length; µm/px unknown.", Path(path).name, unit)
         return None
     return valid_mpp(scale * factor, "the OME-NGFF scale", path)
+
+
+def _level0_translation_um(ms, dataset, axes, units) -> tuple[float, float]:
+    """The world position (µm) of level-0 pixel (0, 0): the dataset's translation, then the
+    multiscale's own scale and translation applied to it (NGFF's order)."""
+    if "y" not in axes or "x" not in axes:
+        return (0.0, 0.0)
+    index = [axes.index("y"), axes.index("x")]
+    position = [0.0, 0.0]
+    for transforms in (
+        dataset.get("coordinateTransformations", []),
+        ms.get("coordinateTransformations", []),
+    ):
+        for t in transforms or []:
+            values = t.get("scale") or t.get("translation")
+            if not values or len(values) <= max(index):
+                continue
+            for k, i in enumerate(index):
+                if t.get("type") == "scale":
+                    position[k] *= float(values[i])
+                elif t.get("type") == "translation":
+                    position[k] += float(values[i])
+    factors = [unit_to_um(units[i]) if i < len(units) else None for i in index]
+    if not any(position) or None in factors:
+        return (0.0, 0.0)
+    return (position[0] * factors[0], position[1] * factors[1])
 
 
 def _level0_origin(ms, dataset, axes) -> tuple[int, int]:
