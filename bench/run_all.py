@@ -158,6 +158,7 @@ def render() -> str:
             "tissue, caches and resumes.",
             "",
         ]
+    parts += _gpu_section(_load("gpu"))
     parts += [
         "## Reproduce",
         "",
@@ -171,6 +172,38 @@ def render() -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def _gpu_section(gpu: dict | None) -> list[str]:
+    """`bench/gpu.py` needs a CUDA GPU, so run_all never runs it; its figures appear once a
+    GPU run wrote bench/results/gpu.json — never estimated."""
+    head = ["## GPU — `bench/gpu.py`", ""]
+    if not gpu or gpu.get("smoke"):
+        return [
+            *head,
+            "**Pending: no GPU has run it yet.** `python bench/gpu.py` measures, on CUDA, "
+            "CONCH's agreement with the CPU per precision, model-only tiles/s per precision and "
+            "batch size (with the share of the GPU's measured bf16 matrix-multiply rate), "
+            "end-to-end `embed` tiles/s and end-to-end / model-only. The test suite runs it on "
+            "the CPU as a smoke test; its figures there mean nothing.",
+            "",
+        ]
+    e2e = gpu["end_to_end"]
+    rows = [f"| {key} | {rate:.0f} |" for key, rate in sorted(gpu["model_only"].items())]
+    return [
+        *head,
+        f"{gpu['device_name']}, torch {gpu['torch']}, {gpu['model']} at 448 px "
+        f"({gpu['gflop_per_tile']:.0f} GFLOP per tile); bf16 matrix multiply measured at "
+        f"{gpu['bf16_matmul_tflops']:.0f} TFLOP/s.",
+        "",
+        "| model-only (precision / batch) | tiles/s |",
+        "|---|---|",
+        *rows,
+        "",
+        f"End-to-end `embed` ({e2e['precision']}, {e2e['tiles']} tiles): "
+        f"**{e2e['tiles_per_s']:.0f} tiles/s**, {e2e['ratio']:.2f} × model-only.",
+        "",
+    ]
 
 
 def main(argv=None) -> None:
