@@ -184,3 +184,51 @@ def test_ome_zarr_export_reads_back_as_the_same_result(result, tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(ValueError, match="holds no napari-conch"):
         read_results(tmp_path / "other")
+
+
+def test_every_export_passes_its_formats_validator(result, tmp_path):
+    from validators import check_export_folder
+
+    from napari_conch.export import FORMATS
+
+    emb, seg, sim = result
+    export_all(seg, tmp_path, "case", emb=emb, similarities=[sim], formats=FORMATS)
+    assert len(check_export_folder(tmp_path)) == 5  # GeoJSON ×2, OME-Zarr, OME-TIFF ×2
+
+
+def test_tile_tables_carry_their_provenance(result, tmp_path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    emb, seg, sim = result
+    tile_table(emb, seg, [sim], path=tmp_path / "t.csv")
+    tile_table(emb, seg, [sim], path=tmp_path / "t.parquet")
+    for table in (pd.read_csv(tmp_path / "t.csv"), pd.read_parquet(tmp_path / "t.parquet")):
+        assert set(table["model"]) == {seg.metadata["model"]["name"]}
+        assert set(table["trained"]) == {True} and table["weights_hash"].nunique() == 1
+    meta = json.loads(pq.read_schema(tmp_path / "t.parquet").metadata[b"napari_conch"])
+    assert meta["grid"]["stride_px"] == emb.grid.stride_px
+    assert meta["prompts"] == seg.metadata["prompts"]
+    assert meta["similarity_queries"] == ["tumor"]
+
+
+def test_similarity_exports_name_their_query_and_show_the_data_range(result, tmp_path):
+    import zarr
+
+    _, seg, sim = result
+    path = to_ome_tiff(sim, tmp_path / "sim.ome.tif", what="similarity")
+    with tifffile.TiffFile(path) as tif:
+        from ome_types import from_xml
+
+        image = from_xml(tif.ome_metadata).images[0]
+        info = json.loads(image.description)["napari_conch"]
+    assert image.pixels.channels[0].name == "similarity: tumor"
+    assert info["query"] == "tumor"
+    assert info["contrast_limits"] == pytest.approx(list(sim.contrast_limits))
+    channels = zarr.open_group(
+        str(to_ome_zarr(seg, tmp_path / "s.ome.zarr", similarity=sim)), mode="r"
+    ).attrs["omero"]["channels"]
+    window = channels[-1]["window"]
+    assert channels[-1]["label"] == "similarity: tumor"
+    assert (window["start"], window["end"]) == pytest.approx(sim.contrast_limits)
+    assert channels[0]["window"]["end"] == 1.0  # probabilities keep their 0–1 window

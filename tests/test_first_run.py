@@ -75,6 +75,21 @@ def test_demo_writes_every_export_it_advertises(demo):
     assert "similarity: tumor" in table.columns and len(table) > 1000
 
 
+def test_every_demo_export_passes_its_formats_validator(demo):
+    from validators import check_export_folder
+
+    _, out = demo
+    checked = {p.name for p in check_export_folder(out)}
+    assert {
+        "synthetic-colour-toy.ome.zarr",
+        "synthetic-colour-toy.labels.ome.tif",
+        "synthetic-colour-toy.similarity.ome.tif",
+        "synthetic-slide.ome.tif",
+        "synthetic-colour-toy.geojson",
+        "synthetic-colour-toy.tiles.geojson",
+    } <= checked
+
+
 def test_demo_ends_with_what_to_do_next(demo):
     proc, out = demo
     tail = proc.stdout.split("Next:")[1]

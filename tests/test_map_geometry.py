@@ -99,6 +99,16 @@ def test_no_halo_of_labelled_glass_around_the_tissue(squares):
     assert np.isnan(seg.probabilities[:, glass]).all() and np.isnan(seg.uncertainty[glass]).all()
 
 
+def test_exports_of_the_planted_squares_pass_their_validators(squares, tmp_path):
+    from validators import check_export_folder
+
+    from napari_conch.export import FORMATS, export_all
+
+    _, _, emb, seg = squares
+    export_all(seg, tmp_path, "squares", emb=emb, formats=FORMATS)
+    assert len(check_export_folder(tmp_path)) == 4  # GeoJSON ×2, OME-Zarr, OME-TIFF
+
+
 def test_a_block_at_the_image_edge_ends_there():
     """A block running off the right and bottom edges: its area is what lies inside, and no
     map cell or polygon reaches past the image."""

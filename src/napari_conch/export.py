@@ -28,6 +28,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 UNCERTAINTY_CHANNEL = "uncertainty"
+SIMILARITY_CHANNEL = "similarity: "
 BACKGROUND_RGB = (160, 160, 160)  # tiles the background class wins (QuPath colour)
 # Every format export_all writes (the CLI's --formats choices).
 FORMATS = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv", "parquet")
@@ -131,7 +132,7 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
     emb : Embeddings, optional
         The embeddings the segmentation came from (for tile squares).
     """
-    from shapely import box
+    from shapely import box, orient_polygons
     from shapely.geometry import mapping
 
     grid = seg.metadata["grid"]
@@ -149,6 +150,7 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
             geometry = geometry.intersection(image)
         if geometry is None or geometry.is_empty:
             continue
+        geometry = orient_polygons(geometry, exterior_cw=False)  # RFC 7946 § 3.1.6
         measurements = {"Tissue area µm^2": float(seg.areas_mm2.get(name, 0.0) * 1e6)}
         probability = seg.probabilities[label - 1][seg.labels == label]
         probability = probability[np.isfinite(probability)]  # painted cells may have none
@@ -186,7 +188,7 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
 def _tile_features(seg, emb, size: float, image) -> list[dict]:
     """One square "detection" per embedded tile, classified by the map's decision rule
     (``"background"`` where the background class wins; no class below min_confidence)."""
-    from shapely import box
+    from shapely import box, orient_polygons
     from shapely.geometry import mapping
 
     classes = seg.tile_classes()
@@ -201,6 +203,7 @@ def _tile_features(seg, emb, size: float, image) -> list[dict]:
         square = box(float(x), float(y), float(x) + size, float(y) + size)
         if image is not None:
             square = square.intersection(image)
+        square = orient_polygons(square, exterior_cw=False)
         properties = {
             "objectType": "detection",
             "measurements": {
@@ -228,16 +231,36 @@ def to_ome_zarr(seg, path, *, similarity=None) -> Path:
     if similarity is not None:
         values = similarity.values if similarity.values.ndim == 3 else similarity.values[None]
         channels.append(values.astype(np.float32))
-        names += [f"similarity: {q}" for q in similarity.queries]
+        names += [f"{SIMILARITY_CHANNEL}{q}" for q in similarity.queries]
     image = np.concatenate(channels, axis=0)
+    # Display colours: each class's own, white for the uncertainty, magenta for similarity.
+    colors = [_hex(seg.colors[i]) for i in range(1, len(seg.class_names) + 1)]
+    colors += ["FFFFFF"] + ["FF00FF"] * (len(names) - len(colors) - 1)
     scale = [float(v) for v in seg.scale_um]
     translate = [float(v) for v in seg.translate_um]
     with _atomic(path) as tmp:
-        _write_ome_zarr(tmp, seg, image, names, scale, translate)
+        _write_ome_zarr(tmp, seg, image, names, colors, scale, translate)
     return path
 
 
-def _write_ome_zarr(path: Path, seg, image, names, scale, translate) -> None:
+def _hex(rgba) -> str:
+    return "".join(f"{round(255 * float(c)):02X}" for c in rgba[:3])
+
+
+def _window(values: np.ndarray, fixed: tuple[float, float] | None) -> dict:
+    """An OMERO display window: fixed bounds (probabilities 0–1), else the data's range."""
+    finite = values[np.isfinite(values)]
+    lo, hi = (
+        fixed
+        if fixed is not None
+        else ((float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0))
+    )
+    if hi <= lo:
+        hi = lo + 1e-6
+    return {"start": lo, "end": hi, "min": lo, "max": hi}
+
+
+def _write_ome_zarr(path: Path, seg, image, names, colors, scale, translate) -> None:
     import zarr
 
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -249,9 +272,17 @@ def _write_ome_zarr(path: Path, seg, image, names, scale, translate) -> None:
     _write_multiscale(root, image, axes_cyx, [1.0, *scale], [0.0, *translate], nearest=False)
     root.attrs["omero"] = {
         "channels": [
-            {"label": n, "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}}
-            for n in names
-        ]
+            {
+                "label": name,
+                "color": color,
+                "active": i == 0,
+                "window": _window(
+                    image[i], None if name.startswith(SIMILARITY_CHANNEL) else (0.0, 1.0)
+                ),
+            }
+            for i, (name, color) in enumerate(zip(names, colors, strict=True))
+        ],
+        "rdefs": {"model": "color"},
     }
     root.attrs["napari_conch"] = {
         **_provenance(seg),
@@ -314,8 +345,16 @@ def _write_multiscale(
                 ],
             }
         )
+    method = "every second cell (nearest)" if nearest else "2 × 2 mean ignoring NaN"
     group.attrs["multiscales"] = [
-        {"version": "0.4", "axes": axes, "datasets": datasets, "name": "napari-conch"}
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": datasets,
+            "name": "napari-conch",
+            "type": "nearest" if nearest else "mean",
+            "metadata": {"description": f"levels halve y and x: {method}", "method": method},
+        }
     ]
 
 
@@ -324,30 +363,48 @@ def _write_multiscale(
 
 def to_ome_tiff(result, path, *, what: str = "labels") -> Path:
     """A pyramidal OME-TIFF of the label map (``what="labels"``) or of a similarity map
-    (``what="similarity"``; float32), with PhysicalSizeX/Y in µm."""
+    (``what="similarity"``; float32), with PhysicalSizeX/Y in µm.
+
+    The channel is named (``labels`` or the similarity query), and the image's Description
+    holds napari-conch's JSON: provenance, the map's placement (``scale_um``,
+    ``translate_um``), class names and colours for labels, query and display window
+    (``contrast_limits``) for a similarity map — what our reader needs to bring it back.
+    """
     import tifffile
 
     path = Path(path)
+    info = _provenance(result) | {
+        "kind": what,
+        "scale_um": [float(v) for v in result.scale_um],
+        "translate_um": [float(v) for v in result.translate_um],
+    }
     if what == "labels":
         data = result.labels
+        channel = "labels"
+        info["class_names"] = list(result.class_names)
+        info["colors"] = {
+            str(i): _rgb255(result.colors[i]) for i in range(1, len(result.class_names) + 1)
+        }
     elif what == "similarity":
         data = (result.values if result.values.ndim == 2 else result.values[0]).astype(np.float32)
+        channel = f"{SIMILARITY_CHANNEL}{result.queries[0]}"
+        info["query"] = result.queries[0]
+        info["contrast_limits"] = [float(v) for v in result.contrast_limits]
     else:
         raise ValueError(f"what must be 'labels' or 'similarity'; got {what!r}.")
     levels = [data]
     while min(levels[-1].shape) >= 128:
         levels.append(levels[-1][::2, ::2])
     sy, sx = (float(v) for v in result.scale_um)
-    description = json.dumps(
-        _provenance(result) | {"class_names": getattr(result, "class_names", None)}
-    )
     metadata = {
         "axes": "YX",
+        "Name": channel,
+        "Channel": {"Name": [channel]},
         "PhysicalSizeX": sx,
         "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": sy,
         "PhysicalSizeYUnit": "µm",
-        "Description": description,
+        "Description": json.dumps({"napari_conch": info}),
     }
     with _atomic(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tw:
         tw.write(levels[0], subifds=len(levels) - 1, metadata=metadata, tile=_tile(levels[0]))
@@ -393,7 +450,13 @@ def slide_to_ome_tiff(slide, path, *, quality: int = 90) -> Path:
 
 
 def tile_table(emb, seg=None, similarities=(), path=None):
-    """A pandas DataFrame with one row per tile (written to ``.csv`` or ``.parquet``)."""
+    """A pandas DataFrame with one row per tile (written to ``.csv`` or ``.parquet``).
+
+    Every row says which model made it (``model``, ``weights_hash``, ``trained``) — plain
+    columns, so ``pd.read_csv`` users see them without tricks. ``frame.attrs["napari_conch"]``
+    holds the whole provenance (model, grid, prompts, queries), which Parquet files keep as
+    key-value metadata (``pyarrow.parquet.read_schema(path).metadata[b"napari_conch"]``).
+    """
     import pandas as pd
 
     grid = emb.grid
@@ -412,6 +475,9 @@ def tile_table(emb, seg=None, similarities=(), path=None):
         "tissue_fraction": grid.tissue_fraction,
         "embedded": emb.done,
     }
+    provenance = _provenance(seg if seg is not None else emb)
+    for key in ("model", "weights_hash", "trained"):
+        table[key] = provenance[key]
     if seg is not None:
         for i, name in enumerate(seg.class_names):
             table[f"p({name})"] = seg.tile_probabilities[:, i]
@@ -419,21 +485,37 @@ def tile_table(emb, seg=None, similarities=(), path=None):
     for sim in similarities:
         values = sim.tile_values if sim.tile_values.ndim == 2 else sim.tile_values[None]
         for query, column in zip(sim.queries, values, strict=True):
-            table[f"similarity: {query}"] = column
+            table[f"{SIMILARITY_CHANNEL}{query}"] = column
     frame = pd.DataFrame(table)
+    frame.attrs["napari_conch"] = {
+        **provenance,
+        "grid": grid.to_dict(),
+        "slide": (emb.metadata or {}).get("slide"),
+        "prompts": (seg.metadata or {}).get("prompts") if seg is not None else None,
+        "background": (seg.metadata or {}).get("background") if seg is not None else None,
+        "similarity_queries": [q for sim in similarities for q in sim.queries],
+    }
     if path is not None:
         path = Path(path)
         with _atomic(path) as tmp:
             if path.suffix.lower() == ".parquet":
-                try:
-                    frame.to_parquet(tmp, index=False)
-                except ImportError as exc:
-                    raise ImportError(
-                        "Writing Parquet needs pyarrow: pip install pyarrow (or use .csv)."
-                    ) from exc
+                _write_parquet(frame, tmp)
             else:
                 frame.to_csv(tmp, index=False)
     return frame
+
+
+def _write_parquet(frame, path: Path) -> None:
+    """Parquet with the provenance as key-value metadata (``b"napari_conch"``: JSON)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError("Writing Parquet needs pyarrow: pip install pyarrow.") from exc
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    extra = {b"napari_conch": json.dumps(frame.attrs["napari_conch"], default=str).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    pq.write_table(table, path)
 
 
 def export_all(

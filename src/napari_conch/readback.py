@@ -18,8 +18,6 @@ from .errors import NapariConchError
 
 logger = logging.getLogger(__name__)
 
-_SIMILARITY_PREFIX = "similarity: "
-
 
 class ResultReadError(NapariConchError, ValueError):
     """A file or folder does not hold a napari-conch result."""
@@ -46,7 +44,7 @@ def read_ome_zarr(path) -> tuple:
     """A napari-conch OME-Zarr export → ``(SegmentationResult, [SimilarityMap, ...])``."""
     import zarr
 
-    from .export import UNCERTAINTY_CHANNEL
+    from .export import SIMILARITY_CHANNEL, UNCERTAINTY_CHANNEL
     from .zeroshot import SegmentationResult, SimilarityMap, normalized_entropy
 
     path = Path(path)
@@ -98,7 +96,7 @@ def read_ome_zarr(path) -> tuple:
     )
     similarities = []
     for channel, name in enumerate(channel_names):
-        if channel >= n and name.startswith(_SIMILARITY_PREFIX):
+        if channel >= n and name.startswith(SIMILARITY_CHANNEL):
             values = image[channel]
             finite = values[np.isfinite(values)]
             limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -106,7 +104,7 @@ def read_ome_zarr(path) -> tuple:
                 SimilarityMap(
                     values=values,
                     tile_values=np.zeros(0, np.float32),
-                    queries=[name[len(_SIMILARITY_PREFIX) :]],
+                    queries=[name[len(SIMILARITY_CHANNEL) :]],
                     scale_um=scale,
                     translate_um=translate,
                     contrast_limits=limits,
