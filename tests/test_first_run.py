@@ -209,8 +209,10 @@ def test_prompts_a_model_cannot_read_stop_before_any_tile_is_embedded(
     args = ["segment", slide, "--classes", "tumor", "--background", "backgrnd", "-o", str(tmp_path)]
     assert main([*args, *toy]) == 1
     assert "'backgrnd.' names none of them" in capsys.readouterr().err
-    assert main(["similarity", slide, "--text", "mitosis", "-o", str(tmp_path), *toy]) == 1
+    fresh = tmp_path / "new-folder"
+    assert main(["similarity", slide, "--text", "mitosis", "-o", str(fresh), *toy]) == 1
     assert "'mitosis' names none of them" in capsys.readouterr().err
+    assert not fresh.exists()  # a failed command leaves no empty output folder behind
 
 
 def test_parquet_without_pyarrow_is_reported_before_any_work(svs, tmp_path, no_model, monkeypatch):

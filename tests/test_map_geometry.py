@@ -170,6 +170,8 @@ def test_tiles_the_background_wins_are_background_in_every_table(with_glass, tmp
     assert set(classes[glass]) == {"background"}  # 259 of 259 were a tissue class before
     table = tile_table(emb, seg, path=tmp_path / "tiles.csv")
     assert set(table.loc[glass, "class"]) == {"background"}
+    probabilities = table[["p(tumor)", "p(stroma)", "p(background)"]].sum(axis=1)
+    np.testing.assert_allclose(probabilities, 1.0, rtol=1e-5)  # the background has its column
     assert set(table["class"]) <= {"tumor", "stroma", "background"}
     tiles = to_geojson(seg, tiles=True, emb=emb)["features"]
     tiles = [f for f in tiles if f["properties"].get("objectType") == "detection"]

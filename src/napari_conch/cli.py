@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -370,20 +371,30 @@ def _check_slides(paths, mpp: float | None) -> None:
 
 
 def _output_folder(path: Path) -> Path:
-    """Create ``path`` if needed and make sure files can be written into it."""
+    """Check that ``path`` is (or can become) a folder we can write into — without creating
+    it, so a command that fails later leaves nothing behind (it is made when the first file
+    is written)."""
     from .errors import OutputError
 
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise OutputError(f"The output {path} is a file; give a folder (-o FOLDER).")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise OutputError(
-            f"Cannot write into {path} ({exc.strerror or exc}); choose another folder with -o."
-        ) from exc
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file"
+    elif existing == path:
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise OutputError(f"Cannot write into {path} ({problem}); choose another folder with -o.")
     return path
 
 
@@ -560,6 +571,7 @@ def _embed_grid(slide, model, grid, *, cache, batch_size=None, quiet=False):
 def _write_text(path: Path, text: str) -> None:
     from .export import _atomic
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with _atomic(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -567,6 +579,7 @@ def _write_text(path: Path, text: str) -> None:
 def _write_csv(table, path: Path) -> None:
     from .export import _atomic
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with _atomic(path) as tmp:
         table.to_csv(tmp, index=False)
 
@@ -878,6 +891,7 @@ def cmd_similarity(args) -> int:
     for path, model in ((p, m) for p in args.slides for m in models):
         _, emb = _embed(path, model, args)
         sim = similarity_map(emb, model, text=args.text, negative=args.negative)
+        out.mkdir(parents=True, exist_ok=True)
         stem = _tagged(file_stem(path), model, models)
         to_ome_tiff(sim, out / f"{stem}.similarity.ome.tif", what="similarity")
         tile_table(emb, similarities=[sim], path=out / f"{stem}.similarity.csv")

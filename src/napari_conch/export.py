@@ -481,6 +481,9 @@ def tile_table(emb, seg=None, similarities=(), path=None):
     if seg is not None:
         for i, name in enumerate(seg.class_names):
             table[f"p({name})"] = seg.tile_probabilities[:, i]
+        if seg.tile_background_probability is not None:  # the row's probabilities sum to 1
+            background = (seg.metadata or {}).get("background") or "background"
+            table[f"p({background})"] = seg.tile_background_probability
         table["class"] = seg.tile_classes()  # the map's rule: "background" where it wins
     for sim in similarities:
         values = sim.tile_values if sim.tile_values.ndim == 2 else sim.tile_values[None]

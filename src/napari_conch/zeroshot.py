@@ -93,6 +93,7 @@ class SegmentationResult(_Result):
     tile_probabilities: np.ndarray
     background_probability: np.ndarray | None = None
     tile_labels: np.ndarray | None = None
+    tile_background_probability: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
 
     def tile_classes(self) -> list[str]:
@@ -256,6 +257,9 @@ def zero_shot_segment(
         tile_probabilities=tile_probs[:, keep],
         background_probability=None if background_index is None else cell_probs[background_index],
         tile_labels=tile_labels,
+        tile_background_probability=(
+            None if background_index is None else tile_probs[:, background_index]
+        ),
         metadata=metadata,
     )
 
