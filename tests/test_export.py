@@ -232,3 +232,27 @@ def test_similarity_exports_name_their_query_and_show_the_data_range(result, tmp
     assert channels[-1]["label"] == "similarity: tumor"
     assert (window["start"], window["end"]) == pytest.approx(sim.contrast_limits)
     assert channels[0]["window"]["end"] == 1.0  # probabilities keep their 0–1 window
+
+
+def test_every_export_reads_back_with_the_same_labels(result, tmp_path):
+    from napari_conch.export import FORMATS
+    from napari_conch.readback import is_result_file, read_result_file
+
+    emb, seg, sim = result
+    written = export_all(seg, tmp_path, "case", emb=emb, similarities=[sim], formats=FORMATS)
+    for kind in ("ome-zarr", "ome-tiff", "geojson", "geojson-tiles"):
+        back = read_result_file(written[kind])[0]
+        np.testing.assert_array_equal(back.labels, seg.labels, err_msg=kind)
+        assert back.class_names == seg.class_names, kind
+        assert back.scale_um == seg.scale_um and back.translate_um == pytest.approx(
+            seg.translate_um
+        )
+        for label in range(1, len(seg.class_names) + 1):
+            np.testing.assert_allclose(back.colors[label], seg.colors[label], atol=1 / 255)
+        assert back.areas_mm2 == pytest.approx(seg.areas_mm2, rel=1e-6), kind
+    (back_sim,) = read_result_file(written["similarity"])
+    np.testing.assert_allclose(back_sim.values, sim.values, equal_nan=True)
+    assert back_sim.queries == ["tumor"] and back_sim.contrast_limits == pytest.approx(
+        sim.contrast_limits
+    )
+    assert not is_result_file(written["csv"]) and not is_result_file(written["summary"])

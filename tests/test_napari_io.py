@@ -141,3 +141,35 @@ def test_view_shows_saved_results_where_they_were_computed(make_napari_viewer, t
     assert list(labels.features["class"]) == ["none", "tumor", "stroma", "necrosis"]
     np.testing.assert_allclose(heat.data, sim.values, equal_nan=True)
     assert tuple(heat.translate) == pytest.approx(sim.translate_um)
+
+
+@pytest.mark.gui
+def test_our_exports_open_in_napari_as_labels_in_place(make_napari_viewer, tmp_path):
+    """What we write, we read: each export opens through our reader as a Labels layer with
+    class names, colours and the map's µm placement (not as an RGB slide)."""
+    import napari_conch as nc
+    from napari_conch.export import FORMATS, export_all
+
+    synth = nc.synthetic_slide(size=1024, seed=2)
+    model = nc.load_model("colour-toy")
+    emb = nc.embed(synth.slide, model, nc.tile_grid(synth.slide, model, tile_um=32), cache=None)
+    seg = nc.zero_shot_segment(
+        emb, model, ["tumor", "stroma", "necrosis", "background"], background="background"
+    )
+    sim = nc.similarity_map(emb, model, text="stroma")
+    written = export_all(seg, tmp_path, "case", emb=emb, similarities=[sim], formats=FORMATS)
+    viewer = make_napari_viewer()
+    for kind in ("ome-zarr", "ome-tiff", "geojson"):
+        layers = viewer.open(str(written[kind]), plugin="napari-conch")
+        (labels,) = [layer for layer in layers if type(layer).__name__ == "Labels"]
+        np.testing.assert_array_equal(np.asarray(labels.data), seg.labels, err_msg=kind)
+        assert list(labels.features["class"]) == ["none", "tumor", "stroma", "necrosis"]
+        assert tuple(labels.scale) == pytest.approx(seg.scale_um)
+        assert tuple(labels.translate) == pytest.approx(seg.translate_um)
+        np.testing.assert_allclose(labels.colormap.map(1), seg.colors[1], atol=1 / 255)
+        viewer.layers.clear()
+    layers = viewer.open(str(written["ome-zarr"]), plugin="napari-conch")
+    names = [layer.name for layer in layers]
+    assert "colour-toy p(tumor)" in names and "colour-toy similarity: stroma" in names
+    (heat,) = viewer.open(str(written["similarity"]), plugin="napari-conch")
+    assert tuple(heat.contrast_limits) == pytest.approx(sim.contrast_limits)

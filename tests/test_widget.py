@@ -259,8 +259,6 @@ def test_a_painted_labels_or_drawn_shapes_layer_restricts_the_analysis(loaded, q
 
 
 def test_the_writer_saves_labels_layers(loaded, qtbot, tmp_path):
-    import json
-    from pathlib import Path
 
     import tifffile
 
@@ -270,14 +268,24 @@ def test_the_writer_saves_labels_layers(loaded, qtbot, tmp_path):
     layer = viewer.layers["conch labels"]
     layer.data = layer.data.copy()  # a correction painted in napari must be saved too
     layer.data[0, 0] = 1
+    from validators import check_geojson, check_ome_tiff, check_ome_zarr
+
+    from napari_conch.readback import read_result_file
+
     (path,) = layer.save(str(tmp_path / "seg.geojson"), plugin="napari-conch")
-    collection = json.loads(Path(path).read_text())
+    collection = check_geojson(path)
     assert collection["properties"]["napari_conch"]["trained"] is False
     (path,) = layer.save(str(tmp_path / "seg.ome.tif"), plugin="napari-conch")
+    check_ome_tiff(path)
     np.testing.assert_array_equal(tifffile.imread(path), layer.data)
+    (path,) = layer.save(str(tmp_path / "seg.ome.zarr"), plugin="napari-conch")
+    check_ome_zarr(path)
     painted = viewer.add_labels(np.eye(64, dtype=np.uint8), name="painted")
     (path,) = painted.save(str(tmp_path / "painted.geojson"), plugin="napari-conch")
-    assert json.loads(Path(path).read_text())["features"][0]["properties"]["name"] == "label 1"
+    feature = check_geojson(path)["features"][0]
+    assert feature["properties"]["name"] == "label 1"
+    assert "Mean probability" not in feature["properties"]["measurements"]  # never null
+    np.testing.assert_array_equal(read_result_file(path)[0].labels, np.eye(64))
 
 
 def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp_path):
@@ -311,6 +319,7 @@ def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp
             ".labels.ome.tif",
             ".similarity.ome.tif",
             ".tiles.csv",
+            ".tiles.parquet",
             ".summary.json",
         )
     )
@@ -322,7 +331,51 @@ def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp
     assert summary["classes"] == ["tumor", "stroma", "necrosis"]
     similarity = tifffile.imread(out / f"{stem}.similarity.ome.tif")
     np.testing.assert_allclose(similarity, widget.last_similarity.values, equal_nan=True)
-    assert "Exported 7 files" in widget.status.text()
+    assert "Exported 8 files" in widget.status.text()
+
+    # again: the earlier files stay, the new ones get a numbered name
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    widget.export_results(out, formats=["geojson", "csv"])
+    _wait(qtbot, widget)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in before} == before
+    assert {f"{stem}-2.geojson", f"{stem}-2.tiles.csv", f"{stem}-2.summary.json"} <= set(
+        p.name for p in out.iterdir()
+    )
+    assert not (out / f"{stem}-2.ome.zarr").exists()  # only the formats asked for
+    widget.export_results(out, formats=["geojson"], overwrite=True)  # replace, same name
+    _wait(qtbot, widget)
+    assert (out / f"{stem}.geojson").stat().st_mtime_ns > before[f"{stem}.geojson"]
+    assert not (out / f"{stem}-3.geojson").exists()
+
+
+def test_export_button_asks_for_formats_and_before_replacing(loaded, qtbot, tmp_path, monkeypatch):
+    from napari_conch._napari import export_dialog
+
+    _, widget = loaded
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    out = tmp_path / "export"
+    asked = {}
+    monkeypatch.setattr(
+        "napari_conch._napari.widget.QFileDialog.getExistingDirectory", lambda *a: str(out)
+    )
+
+    def formats(parent, selected):
+        asked["formats"] = list(selected)
+        return ["geojson"]
+
+    monkeypatch.setattr(export_dialog, "choose_formats", formats)
+    monkeypatch.setattr(export_dialog, "ask_overwrite", lambda parent, existing: None)
+    widget.export_button.click()
+    _wait(qtbot, widget)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "synthetic_slide.geojson",
+        "synthetic_slide.summary.json",
+    ]
+    widget.export_button.click()  # the same again: the user cancels at "files exist"
+    _wait(qtbot, widget)
+    assert asked["formats"] == ["geojson"]  # the last choice is remembered
+    assert len(list(out.iterdir())) == 2
 
 
 def test_registered_models_are_listed_and_compared_side_by_side(loaded, qtbot):

@@ -173,10 +173,24 @@ def to_geojson(seg, path=None, *, tiles: bool = False, emb=None) -> dict:
         if emb is None:
             raise ValueError("tiles=True needs the embeddings (emb=) for the tile positions.")
         features += _tile_features(seg, emb, float(grid["tile_px"]), image)
+    # The map's own geometry, so napari-conch's reader can rebuild the label image exactly.
+    raster = {
+        "cell_px": cell_px,
+        "origin_px": list(origin),
+        "shape": list(seg.labels.shape),
+        "scale_um": [float(v) for v in seg.scale_um],
+        "translate_um": [float(v) for v in seg.translate_um],
+        "class_names": list(seg.class_names),
+        "colors": {str(i): _rgb255(seg.colors[i]) for i in range(1, len(seg.class_names) + 1)},
+        "image_shape": [float(v) for v in grid["slide_shape"]] if grid.get("slide_shape") else None,
+    }
     collection = {
         "type": "FeatureCollection",
         "features": features,
-        "properties": {"napari_conch": _provenance(seg), "coordinates": "level-0 pixels (x, y)"},
+        "properties": {
+            "napari_conch": {**_provenance(seg), "map": raster},
+            "coordinates": "level-0 pixels (x, y)",
+        },
     }
     text = json.dumps(collection)
     if path is not None:
@@ -385,6 +399,7 @@ def to_ome_tiff(result, path, *, what: str = "labels") -> Path:
         info["colors"] = {
             str(i): _rgb255(result.colors[i]) for i in range(1, len(result.class_names) + 1)
         }
+        info["areas_mm2"] = {k: float(v) for k, v in result.areas_mm2.items()}
     elif what == "similarity":
         data = (result.values if result.values.ndim == 2 else result.values[0]).astype(np.float32)
         channel = f"{SIMILARITY_CHANNEL}{result.queries[0]}"
@@ -521,6 +536,43 @@ def _write_parquet(frame, path: Path) -> None:
     pq.write_table(table, path)
 
 
+def export_paths(
+    out_dir, stem: str, formats=FORMATS, *, n_similarities: int = 0, with_tiles: bool = True
+) -> dict:
+    """Where :func:`export_all` writes each kind of file — {kind: path}, the summary too — so
+    a caller can see what an export would overwrite before it starts."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"Unknown export formats {unknown}; choose from {', '.join(FORMATS)}.")
+    out = Path(out_dir)
+    paths = {}
+    if "geojson" in formats:
+        paths["geojson"] = out / f"{stem}.geojson"
+    if "geojson-tiles" in formats and with_tiles:
+        paths["geojson-tiles"] = out / f"{stem}.tiles.geojson"
+    if "ome-zarr" in formats:
+        paths["ome-zarr"] = out / f"{stem}.ome.zarr"
+    if "ome-tiff" in formats:
+        paths["ome-tiff"] = out / f"{stem}.labels.ome.tif"
+        for i in range(n_similarities):
+            name = "similarity" if n_similarities == 1 else f"similarity-{i + 1}"
+            paths[name] = out / f"{stem}.{name}.ome.tif"
+    for suffix in ("csv", "parquet"):
+        if with_tiles and suffix in formats:
+            paths[suffix] = out / f"{stem}.tiles.{suffix}"
+    paths["summary"] = out / f"{stem}.summary.json"
+    return paths
+
+
+def free_stem(out_dir, stem: str, formats=FORMATS, **kwargs) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, … — the first whose files do not exist yet."""
+    candidate, n = stem, 1
+    while any(p.exists() for p in export_paths(out_dir, candidate, formats, **kwargs).values()):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
 def export_all(
     seg,
     out_dir,
@@ -535,32 +587,29 @@ def export_all(
     ``formats`` is any of :data:`FORMATS`. ``"ome-tiff"`` writes the label image and one
     float OME-TIFF per similarity map; ``"csv"`` and ``"parquet"`` write the tile table
     (they need ``emb``). A ``<stem>.summary.json`` with provenance, areas, the maps'
-    placement in µm and the list of files is always written. Returns {kind: path}.
+    placement in µm and the list of files is always written. Returns {kind: path}; the names
+    are :func:`export_paths`'s. Files of the same names are replaced (each only once its new
+    version is complete); :func:`free_stem` finds a stem that replaces nothing.
     """
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"Unknown export formats {unknown}; choose from {', '.join(FORMATS)}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    if "geojson" in formats:
-        written["geojson"] = out / f"{stem}.geojson"
-        to_geojson(seg, written["geojson"], tiles=False)
-    if "geojson-tiles" in formats and emb is not None:
-        written["geojson-tiles"] = out / f"{stem}.tiles.geojson"
-        to_geojson(seg, written["geojson-tiles"], tiles=True, emb=emb)
-    if "ome-zarr" in formats:
-        sim = similarities[0] if similarities else None
-        written["ome-zarr"] = to_ome_zarr(seg, out / f"{stem}.ome.zarr", similarity=sim)
-    if "ome-tiff" in formats:
-        written["ome-tiff"] = to_ome_tiff(seg, out / f"{stem}.labels.ome.tif")
-        for i, sim in enumerate(similarities):
-            name = "similarity" if len(similarities) == 1 else f"similarity-{i + 1}"
-            written[name] = to_ome_tiff(sim, out / f"{stem}.{name}.ome.tif", what="similarity")
-    for suffix in ("csv", "parquet"):
-        if emb is not None and suffix in formats:
-            written[suffix] = out / f"{stem}.tiles.{suffix}"
-            tile_table(emb, seg, similarities, written[suffix])
+    paths = export_paths(
+        out_dir, stem, formats, n_similarities=len(similarities), with_tiles=emb is not None
+    )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for kind, path in paths.items():
+        if kind == "geojson":
+            to_geojson(seg, path, tiles=False)
+        elif kind == "geojson-tiles":
+            to_geojson(seg, path, tiles=True, emb=emb)
+        elif kind == "ome-zarr":
+            to_ome_zarr(seg, path, similarity=similarities[0] if similarities else None)
+        elif kind == "ome-tiff":
+            to_ome_tiff(seg, path)
+        elif kind.startswith("similarity"):
+            index = 0 if kind == "similarity" else int(kind.rsplit("-", 1)[1]) - 1
+            to_ome_tiff(similarities[index], path, what="similarity")
+        elif kind in ("csv", "parquet"):
+            tile_table(emb, seg, similarities, path)
+    written = {k: p for k, p in paths.items() if k != "summary"}
     summary = {
         **_provenance(seg),
         "classes": seg.class_names,
@@ -572,7 +621,6 @@ def export_all(
         "slide": seg.metadata.get("slide"),
         "prompts": seg.metadata.get("prompts"),
     }
-    written["summary"] = out / f"{stem}.summary.json"
-    with _atomic(written["summary"]) as tmp:
+    with _atomic(paths["summary"]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    return written
+    return paths

@@ -114,6 +114,64 @@ def _placement(result, offset_um=(0.0, 0.0)) -> dict:
     }
 
 
+def _labels_style(seg) -> dict:
+    """Class colours (fixed per label) and class names as features, for a Labels layer."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {label: np.asarray(rgba, float) for label, rgba in seg.colors.items()}
+    colors[None] = np.zeros(4)
+    return {
+        "colormap": DirectLabelColormap(color_dict=colors),
+        "features": {"class": ["none", *seg.class_names]},
+    }
+
+
+def result_layer_data(result, prefix: str | None = None) -> list[tuple]:
+    """napari layer tuples (data, kwargs, kind) for a SegmentationResult or SimilarityMap —
+    what the reader returns for napari-conch's own exports. Probability and uncertainty
+    images come along (hidden) when the result holds them."""
+    from ..zeroshot import SegmentationResult
+
+    prefix = prefix or layer_prefix(result)
+    placement = _placement(result)
+    if not isinstance(result, SegmentationResult):
+        values = result.values if result.values.ndim == 2 else result.values[0]
+        kwargs = {
+            "name": f"{prefix} similarity: {result.queries[0]}",
+            "contrast_limits": tuple(result.contrast_limits),
+            "colormap": "turbo",
+            "opacity": 0.55,
+            "metadata": {"napari_conch": {"result": result}},
+        }
+        return [(values, {**kwargs, **placement}, "image")]
+    labels = {
+        "name": f"{prefix} labels",
+        "opacity": 0.55,
+        "metadata": {"napari_conch": {"result": result, "classes": list(result.class_names)}},
+        **_labels_style(result),
+    }
+    layers = [(result.labels, {**labels, **placement}, "labels")]
+    hidden = {"visible": False, "opacity": 0.6, "contrast_limits": (0.0, 1.0), **placement}
+    for i, name in enumerate(result.class_names):
+        if np.isfinite(result.probabilities[i]).any():
+            layers.append(
+                (
+                    result.probabilities[i],
+                    {"name": f"{prefix} p({name})", "colormap": "magma", **hidden},
+                    "image",
+                )
+            )
+    if np.isfinite(result.uncertainty).any():
+        layers.append(
+            (
+                result.uncertainty,
+                {"name": f"{prefix} uncertainty", "colormap": "gray", **hidden},
+                "image",
+            )
+        )
+    return layers
+
+
 def show_segmentation(
     viewer, seg, prefix: str | None = None, offset_um=(0.0, 0.0), update_hidden: bool = True
 ) -> list:
@@ -124,8 +182,6 @@ def show_segmentation(
     ``update_hidden=False`` (live redraws) leaves existing hidden layers alone: redrawing
     what nobody sees only costs GUI time.
     """
-    from napari.utils.colormaps import DirectLabelColormap
-
     placement = _placement(seg, offset_um)
     prefix = prefix or layer_prefix(seg)
     name = f"{prefix} labels"
@@ -136,12 +192,7 @@ def show_segmentation(
         or existing.metadata.get("napari_conch", {}).get("classes") != seg.class_names
     ):
         # Colours and class names only when they change: resetting a colormap is not free.
-        colors = {label: np.asarray(rgba, float) for label, rgba in seg.colors.items()}
-        colors[None] = np.zeros(4)
-        style = {
-            "colormap": DirectLabelColormap(color_dict=colors),
-            "features": {"class": ["none", *seg.class_names]},
-        }
+        style = _labels_style(seg)
     labels = upsert(
         viewer,
         "labels",

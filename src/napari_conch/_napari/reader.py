@@ -1,12 +1,15 @@
-"""npe2 reader: whole-slide images and images as one lazily read, µm-scaled pyramid layer."""
+"""npe2 reader: whole-slide images and images as one lazily read, µm-scaled pyramid layer;
+napari-conch's own exports (OME-Zarr, label and similarity OME-TIFFs, GeoJSON) as results:
+a Labels layer with class names and colours, and the maps, in place."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from ..readback import is_result_file, read_result_file
 from ..slide import SUPPORTED_SUFFIXES, _suffix, open_slide
-from .layers import show_scale_bar, slide_layer_data
+from .layers import result_layer_data, show_scale_bar, slide_layer_data
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ def napari_get_reader(path):
         path = path[0]
     try:
         p = Path(path)
+        if is_result_file(p):  # our own exports come back as results, not as slides
+            return _result_reader(p)
         if _suffix(p) not in SUPPORTED_SUFFIXES and not p.is_dir():
             return None
         slide = open_slide(p)
@@ -39,6 +44,20 @@ def napari_get_reader(path):
         else:
             show_scale_bar()
         return [slide_layer_data(slide)]
+
+    return read
+
+
+def _result_reader(path: Path):
+    """Labels (class names, colours), probability, uncertainty and similarity layers of an
+    exported result, placed in µm where they were computed."""
+
+    def read(_path=None):
+        layers = []
+        for result in read_result_file(path):
+            layers += result_layer_data(result)
+        show_scale_bar()
+        return layers
 
     return read
 

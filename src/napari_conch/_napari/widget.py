@@ -218,7 +218,8 @@ class ConchWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip(
-            "Write GeoJSON (QuPath), OME-Zarr, OME-TIFF and a tile table into a folder."
+            "Write QuPath GeoJSON, OME-Zarr, OME-TIFF and tile tables into a folder (you "
+            "choose the formats; earlier exports are never replaced without asking)."
         )
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(lambda: self.export_results())
@@ -607,21 +608,38 @@ class ConchWidget(QWidget):
         self.last_segmentation = seg
         self.export_button.setEnabled(True)
 
-    def export_results(self, out_dir=None):
+    def export_results(self, out_dir=None, formats=None, overwrite: bool | None = None):
         """Write the last segmentation (with painted corrections), the tile table and the
-        current similarity map with :func:`napari_conch.export.export_all`."""
+        current similarity map with :func:`napari_conch.export.export_all`.
+
+        From the *Export…* button it asks for a folder and the formats (the last choice is
+        remembered), and — if an earlier export of this slide is there — whether to replace
+        it or keep both (the new files then get a numbered name). Called with ``out_dir``,
+        it asks nothing: ``formats`` defaults to the last choice, and earlier files are kept
+        unless ``overwrite=True``.
+        """
         from dataclasses import replace
 
-        from ..export import export_all
+        from ..export import FORMATS, export_all, export_paths, free_stem
+        from .export_dialog import KEEP_BOTH, REPLACE, ask_overwrite, choose_formats
 
         seg = getattr(self, "last_segmentation", None)
         if seg is None:
             self._say("Run a segmentation first: there is nothing to export yet.")
             return None
-        if out_dir is None:
+        interactive = out_dir is None
+        saved = self.settings.value("export_formats", None)
+        saved = [saved] if isinstance(saved, str) else saved  # QSettings: one item, no list
+        saved = [f for f in saved or [] if f in FORMATS]
+        chosen = list(formats or saved or FORMATS)
+        if interactive:
             out_dir = QFileDialog.getExistingDirectory(self, "Export into folder")
             if not out_dir:
                 return None
+            chosen = choose_formats(self, chosen)
+            if not chosen:
+                return None
+        self.settings.setValue("export_formats", chosen)
         labels_name = f"{layer_prefix(seg)} labels"
         layer = next(
             (
@@ -634,20 +652,32 @@ class ConchWidget(QWidget):
         if layer is not None and np.shape(layer.data) == seg.labels.shape:
             seg = replace(seg, labels=np.asarray(layer.data).copy())  # keep painted fixes
         sim = getattr(self, "last_similarity", None)
+        similarities = [sim] if sim is not None else []
         stem = _file_stem(self.session.source.layer_name)
-        formats = ("geojson", "geojson-tiles", "ome-zarr", "ome-tiff", "csv")
+        emb = self.session.embeddings
+        layout = {"n_similarities": len(similarities), "with_tiles": emb is not None}
+        paths = export_paths(out_dir, stem, chosen, **layout)
+        existing = [p for p in paths.values() if p.exists()]
+        if existing:
+            if overwrite is None:
+                answer = ask_overwrite(self, existing) if interactive else KEEP_BOTH
+                if answer is None:
+                    return None
+                overwrite = answer == REPLACE
+            if not overwrite:
+                stem = free_stem(out_dir, stem, chosen, **layout)
 
         def done(written):
-            self._say(f"Exported {len(written)} files to {out_dir}.")
+            self._say(f"Exported {len(written)} files to {out_dir} ({stem}.*).")
 
         return self._start(
             export_all,
             seg,
             out_dir,
             stem,
-            emb=self.session.embeddings,
-            similarities=[sim] if sim is not None else [],
-            formats=formats,
+            emb=emb,
+            similarities=similarities,
+            formats=chosen,
             on_return=done,
             progress={"total": 0, "desc": "Exporting"},
         )
