@@ -33,7 +33,7 @@ def main() -> None:
         cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, __file__]
         raise SystemExit(subprocess.call(cmd, env=env))
     # torch (the models) before napari starts OpenGL, or triton can crash it (see view.py)
-    importlib.import_module("napari_conch.models")
+    importlib.import_module("napari_conch.models.conch")
     import napari
     from qtpy.QtWidgets import QApplication
 

@@ -110,15 +110,35 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert (ROOT / ".ci/run").stat().st_mode & 0o111, ".ci/run must be executable"
 
 
-def test_importing_the_package_does_not_import_torch_or_qt():
+CORE = ("slide", "tissue", "tiling", "store", "prompts", "zeroshot", "export")
+
+
+def test_importing_the_core_does_not_import_torch_or_qt():
+    """A dask worker or a notebook that only reads a cache pays for numpy, not for torch:
+    the package and its analysis modules load no model backend."""
+    modules = ", ".join(f"napari_conch.{m}" for m in CORE)
     code = (
-        "import sys, napari_conch; "
+        f"import sys, napari_conch, {modules}; "
+        "import napari_conch.models; napari_conch.load_model; "
         "print(napari_conch.__version__); "
-        "print(sorted(m for m in ('torch', 'napari', 'qtpy', 'PyQt6') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'timm', 'transformers', 'open_clip', 'napari', "
+        "'qtpy', 'PyQt6') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "[]"
+
+
+def test_backends_load_on_first_use():
+    code = (
+        "import sys, napari_conch as nc; "
+        "m = nc.load_model('colour-toy'); print('torch' in sys.modules); "
+        "nc.load_model('conch_tiny', checkpoint='random'); print('torch' in sys.modules); "
+        "from napari_conch.models import ConchModel; print(ConchModel.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "ConchModel"]
 
 
 def test_library_modules_do_not_import_gui_packages():

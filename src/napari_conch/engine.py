@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .models.protocol import check_model, is_trained
+from .protocol import check_model, is_trained
 from .slide import Slide, as_slide
 from .store import Embeddings, EmbeddingStore, cache_root, describe, slide_fingerprint
 from .tiling import TileGrid, tile_grid

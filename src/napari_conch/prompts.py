@@ -189,7 +189,7 @@ class PromptSet:
 
     def class_embeddings(self, model) -> np.ndarray:
         """(C, D) unit vectors, one per class, in the model's joint space (cached per model)."""
-        from .models.protocol import weights_hash
+        from .protocol import weights_hash
 
         key = f"{model.name}:{weights_hash(model)}"
         cached = self._embeddings.get(key)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NapariConchError
-from .models.protocol import is_trained, weights_hash
+from .protocol import is_trained, weights_hash
 from .slide import Slide
 from .tiling import TileGrid
 

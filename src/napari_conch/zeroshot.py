@@ -563,7 +563,7 @@ def _with_background(prompt_set: PromptSet, background) -> tuple[PromptSet, int 
 
 def _prepare(emb: Embeddings, model, region, slide) -> tuple[np.ndarray, int]:
     """Tiles to use (bool (N,)), computing missing ones when a slide is given."""
-    from .models.protocol import check_model
+    from .protocol import check_model
 
     check_model(model)
     selected = _selection(emb, region)
@@ -695,7 +695,7 @@ def _rgba(value) -> tuple[float, float, float, float]:
 
 
 def _model_info(model) -> dict:
-    from .models.protocol import is_trained, weights_hash
+    from .protocol import is_trained, weights_hash
 
     return {
         "name": str(model.name),

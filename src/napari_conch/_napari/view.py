@@ -120,7 +120,7 @@ def _load_model_code() -> None:
 
     if _qt_running():
         guard_triton()
-    from .. import models  # noqa: F401
+    from ..models import conch  # noqa: F401 - the backend: torch, timm, torchvision
 
 
 def _qt_running() -> bool:

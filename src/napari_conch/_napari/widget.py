@@ -324,7 +324,7 @@ class ConchWidget(QWidget):
 
     def set_model(self, model) -> None:
         """Use ``model`` (any object implementing the model protocol)."""
-        from ..models.protocol import check_model, is_trained
+        from ..protocol import check_model, is_trained
 
         check_model(model)
         self.session.model = model

@@ -1,19 +1,17 @@
-"""Models: the protocol every backend implements, and :func:`load_model`."""
+"""Models: :func:`load_model`, the registry, and the backends — each imported (with torch)
+only when a model of its kind is first built, so the registry, the CLI's checks and the
+analyses stay light."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import WeightsNotFoundError
+from ..protocol import ImageTextModel, check_model
 from .colour_toy import COLOUR_TOY, ColourToyModel, build_colour_toy
-from .conch import ConchModel, build_conch, check_conch_text
-from .conch_net import ConchConfig
-from .openclip import OpenClipModel, build_openclip
-from .plip import ClipModel, build_plip
-from .protocol import ImageTextModel, check_model
 from .registry import (
     ENTRY_POINT_GROUP,
     available_models,
@@ -23,6 +21,14 @@ from .registry import (
     register_model,
     unregister_model,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .conch import ConchModel
+    from .conch_net import ConchConfig
+    from .openclip import OpenClipModel
+    from .plip import ClipModel
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +48,28 @@ __all__ = [
     "unregister_model",
 ]
 
+# Backend classes, imported on first access (``napari_conch.models.ConchModel``).
+_BACKENDS = {
+    "ConchModel": ".conch",
+    "ConchConfig": ".conch_net",
+    "ClipModel": ".plip",
+    "OpenClipModel": ".openclip",
+}
+
+
+def __getattr__(name: str):
+    module = _BACKENDS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 def _conch(**kwargs) -> ConchModel:
+    from .conch import build_conch
+    from .conch_net import ConchConfig
+
     return build_conch(ConchConfig(), name="conch", **kwargs)
 
 
@@ -53,14 +79,27 @@ def _conch_tiny(**kwargs) -> ConchModel:
             "'conch_tiny' is a small test configuration with no published weights: "
             "«checkpoint='random'», or give the path of a checkpoint saved from it."
         )
+    from .conch import build_conch
+    from .conch_net import ConchConfig
+
     return build_conch(ConchConfig.tiny(), name="conch_tiny", **kwargs)
 
 
+def _conch_text(**kwargs):
+    from .conch import check_conch_text
+
+    return check_conch_text(**kwargs)
+
+
 def _plip(**kwargs) -> ClipModel:
+    from .plip import build_plip
+
     return build_plip(name="plip", **kwargs)
 
 
 def _quiltnet(**kwargs) -> OpenClipModel:
+    from .openclip import build_openclip
+
     return build_openclip(name="quiltnet", **kwargs)
 
 
@@ -69,14 +108,14 @@ register_model(
     _conch,
     description="CONCH ViT-B/16, 448 px at 0.5 µm/px (gated: MahmoodLab/conch)",
     aliases=("conch_v1", "conch-v1"),
-    check_text=check_conch_text,
+    check_text=_conch_text,
 )
 register_model(
     "conch_tiny",
     _conch_tiny,
     description="CONCH code with small widths, for tests (random weights)",
     aliases=("conch-tiny",),
-    check_text=check_conch_text,
+    check_text=_conch_text,
 )
 register_model(
     COLOUR_TOY,
