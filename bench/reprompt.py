@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from _common import save_result  # noqa: E402
 
 import napari_conch as nc  # noqa: E402
-from napari_conch.store import Embeddings  # noqa: E402
+from napari_conch.embeddings import Embeddings  # noqa: E402
 from napari_conch.tiling import TileGrid  # noqa: E402
 
 

@@ -20,9 +20,9 @@ from napari_conch import (
     similarity_map,
     zero_shot_segment,
 )
+from napari_conch.embeddings import Embeddings
 from napari_conch.evaluate import segmentation_scores
 from napari_conch.prompts import DEFAULT_TEMPLATES
-from napari_conch.store import Embeddings
 from napari_conch.tiling import TileGrid
 from napari_conch.zeroshot import cells_from_tiles
 

@@ -25,8 +25,8 @@ _LAZY = {
     "TileGrid": "napari_conch.tiling",
     "embed": "napari_conch.engine",
     "CancelToken": "napari_conch.engine",
-    "Embeddings": "napari_conch.store",
-    "CacheError": "napari_conch.store",
+    "Embeddings": "napari_conch.embeddings",
+    "CacheError": "napari_conch.errors",
     "embed_slides": "napari_conch.distributed",
     "PromptSet": "napari_conch.prompts",
     "show": "napari_conch._napari.view",
@@ -93,8 +93,10 @@ __all__ = [  # noqa: RUF022 - public API first, then errors
 if TYPE_CHECKING:  # pragma: no cover
     from ._napari.view import show, view
     from .distributed import embed_slides
+    from .embeddings import Embeddings
     from .engine import CancelToken, embed
     from .errors import (
+        CacheError,
         CheckpointError,
         MissingMppError,
         NapariConchError,
@@ -112,7 +114,6 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .prompts import PromptSet
     from .slide import Slide, open_slide
-    from .store import CacheError, Embeddings
     from .synthetic import synthetic_slide
     from .tiling import TileGrid, tile_grid
     from .tissue import TissueMask, tissue_mask

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .embeddings import Embeddings
 from .protocol import check_model, is_trained
 from .slide import Slide, as_slide
-from .store import Embeddings, EmbeddingStore, cache_root, describe, slide_fingerprint
+from .store import EmbeddingStore, cache_root, describe, slide_fingerprint
 from .tiling import TileGrid, tile_grid
 
 logger = logging.getLogger(__name__)

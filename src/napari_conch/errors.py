@@ -130,3 +130,7 @@ class MissingMppError(NapariConchError, ValueError):
 
 class OutputError(NapariConchError, OSError):
     """An output file or folder cannot be written (not a folder, no permission, full disk)."""
+
+
+class CacheError(NapariConchError, OSError):
+    """The embedding cache cannot be used (location not writable, store damaged, …)."""

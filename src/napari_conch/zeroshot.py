@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .embeddings import Embeddings
 from .prompts import PromptSet, as_prompt_set, softmax_probabilities
-from .store import Embeddings
 from .tiling import TileGrid
 from .tissue import TissueMask
 
@@ -586,8 +586,7 @@ def _compute_missing(emb: Embeddings, model, positions: np.ndarray, slide) -> No
 
     logger.info("Computing %d missing tiles for this analysis.", len(positions))
     if emb.store_path is not None:
-        cache_root = emb.store_path.parent.parent.parent
-        embed(slide, model, emb.grid, cache=cache_root, tiles=positions)
+        embed(slide, model, emb.grid, cache=emb.cache_root, tiles=positions)
         emb.refresh()
     else:
         fresh = embed(slide, model, emb.grid, cache=None, tiles=positions)
