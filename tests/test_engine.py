@@ -361,3 +361,43 @@ def test_store_write_marks_done_only_with_features(slide_path, tiny_model, grid,
     assert store.done_mask()[[2, 5]].all() and store.done_mask().sum() == 2
     emb = store.load()
     np.testing.assert_array_equal(emb.features[[2, 5]], 1.0)
+
+
+def test_embed_steps_yields_the_live_embeddings_first_and_returns_them(slide_path, tmp_path):
+    """The one engine path: the first step is the run's Embeddings (grid, store, what is
+    done), filled as batches land; the run returns that same object."""
+    from napari_conch import Embeddings
+    from napari_conch.engine import Progress, embed_steps
+
+    model = nc.load_model("colour-toy")
+    grid = tile_grid(slide_path, model)
+    steps = embed_steps(slide_path, model, grid, cache=tmp_path, batch_size=16)
+    live = next(steps)
+    assert isinstance(live, Embeddings) and live.grid is not None and live.n_done == 0
+    assert live.store_path is not None and live.store_path.exists()
+    seen = []
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        assert isinstance(step, Progress)
+        seen.append(live.n_done)
+        assert live.n_done == step.done  # filled as the batches land
+    assert result is live and live.complete and seen[-1] == len(grid)
+    # closed after its first step, a run computes nothing (how cluster code plans work)
+    fresh = embed_steps(slide_path, model, grid, cache=tmp_path / "other")
+    planned = next(fresh)
+    fresh.close()
+    assert planned.n_done == 0 and not Embeddings.open(planned.store_path).done.any()
+
+
+def test_the_napari_layer_leaves_the_cache_to_the_engine():
+    from pathlib import Path
+
+    folder = Path(nc.__file__).parent / "_napari"
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        for word in ("EmbeddingStore", "slide_fingerprint", "from ..store", "cache_root("):
+            assert word not in text, (path.name, word)

@@ -49,17 +49,20 @@ def worker_model(spec):
 
 
 def _plan(path, model_spec, mpp, grid_options, cache):
-    """Worker task: open the slide, lay out the grid, create the store; report what is left."""
+    """Worker task: open the slide, lay out the grid, open its store (the engine's first
+    step, nothing computed); report what is left."""
+    from .engine import embed_steps
     from .slide import open_slide
-    from .store import EmbeddingStore, cache_root
     from .tiling import tile_grid
 
     slide = open_slide(path, mpp=mpp)
     model = worker_model(model_spec)
     grid = tile_grid(slide, model, **grid_options)
-    store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid)
-    todo = np.flatnonzero(~store.done_mask())
-    return {"path": str(path), "store": str(store.path), "grid": grid, "todo": todo}
+    steps = embed_steps(slide, model, grid, cache=cache)
+    live = next(steps)
+    steps.close()
+    todo = np.flatnonzero(~live.done)
+    return {"path": str(path), "store": str(live.store_path), "grid": grid, "todo": todo}
 
 
 def _embed_part(path, model_spec, mpp, grid, cache, tiles, batch_size):
@@ -112,7 +115,8 @@ def embed_slides(
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover - distributed is in the test extra
         raise ImportError(INSTALL_HINT) from exc
-    from .store import Embeddings, cache_root
+    from .embeddings import Embeddings
+    from .store import cache_root
 
     paths = [str(Path(p)) for p in paths]
     if not paths:

@@ -123,6 +123,7 @@ def embed(
         prefetch=prefetch,
         dtype=dtype,
     )
+    next(steps)  # the live Embeddings, returned filled at the end
     while True:
         try:
             step = next(steps)
@@ -160,31 +161,36 @@ def embed_steps(
     prefetch: int = 2,
     dtype: str = "float32",
 ):
-    """:func:`embed` as a generator: yields a :class:`Progress` before the first batch and
-    after every batch, and returns the :class:`Embeddings` (``StopIteration.value``).
+    """:func:`embed` as a generator — the one engine path the CLI, the widget and the
+    cluster code share.
 
-    For GUIs and notebooks that want to show results while the run goes on (a napari
-    ``thread_worker`` passes each step to the GUI thread).
+    Yields, first, the run's live :class:`Embeddings` (grid, store, which tiles are done;
+    the engine fills it as batches land — closing the generator right there computes
+    nothing, e.g. to plan work); then a :class:`Progress` before the first batch and after
+    every batch. Returns (``StopIteration.value``) the same Embeddings, complete unless the
+    run was cancelled or restricted.
     """
     slide = as_slide(slide)
     check_model(model)
     grid = grid if grid is not None else tile_grid(slide, model)
     _check_grid(slide, grid)
+
+    if cache is None or cache is False:
+        store = None
+        metadata = describe(slide, model, grid, slide_fingerprint(slide))
+        features = np.full((len(grid), int(model.embed_dim)), np.nan, np.float32)
+        live = Embeddings(features, np.zeros(len(grid), bool), grid, metadata, model=model)
+    else:
+        store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid, dtype)
+        live = store.load(model=model)
+    yield live
+
     if not is_trained(model):
         logger.warning(
             "Embedding with an UNTRAINED model: the features are for pipeline checks only."
         )
-
-    if cache is None or cache is False:
-        store = None
-        features = np.full((len(grid), int(model.embed_dim)), np.nan, np.float32)
-        done = np.zeros(len(grid), bool)
-    else:
-        store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid, dtype)
-        done = store.done_mask()
-        features = None
     positions = _order(grid, region, region_only, tiles)
-    todo = positions[~done[positions]] if len(positions) else positions
+    todo = positions[~live.done[positions]] if len(positions) else positions
     if store is not None and len(todo) and not store.claim_run() and region is None:
         logger.info(
             "Another process is embedding %s into this cache; starting from the other end.",
@@ -209,7 +215,7 @@ def embed_steps(
     empty = np.zeros(0, np.int64)
     yield Progress(already, total, 0.0, empty, np.zeros((0, int(model.embed_dim)), np.float32))
 
-    sink = _Sink(store, features, done)
+    sink = _Sink(store, live)
     computed = 0
     try:
         for positions, out, computed, rate in _run(
@@ -222,21 +228,18 @@ def embed_steps(
     cancelled = _cancelled(cancel) and computed + already < total
     if cancelled:
         logger.info("Embedding cancelled after %d new tiles; they are kept.", computed)
-
-    if store is not None:
-        result = Embeddings.open(store.path, model=model)
-    else:
-        metadata = describe(slide, model, grid, slide_fingerprint(slide))
-        result = Embeddings(features, done, grid, metadata, model=model)
-    result.cancelled = cancelled
-    return result
+    if store is not None and computed < len(todo):
+        live.refresh()  # tiles another process wrote meanwhile
+    live.cancelled = cancelled
+    return live
 
 
 class _Sink:
-    """Where finished features go: the cache store, or arrays in memory."""
+    """Where finished features go: the cache store (when there is one) and the run's live
+    Embeddings."""
 
-    def __init__(self, store, features, done):
-        self.store, self.features, self.done = store, features, done
+    def __init__(self, store, live: Embeddings):
+        self.store, self.live = store, live
 
     def pending(self, positions: np.ndarray) -> np.ndarray:
         """Which of ``positions`` still need computing (another process may have done some)."""
@@ -247,9 +250,9 @@ class _Sink:
     def put(self, positions: np.ndarray, values: np.ndarray) -> None:
         if self.store is not None:
             self.store.write(positions, values)
-        else:
-            self.features[positions] = values
-            self.done[positions] = True
+            # what the cache holds (float16 storage rounds): the live copy must not differ
+            values = values.astype(self.store.features.dtype, copy=False)
+        self.live.update(positions, values)
 
 
 def _default_readers(model) -> int:

@@ -545,18 +545,13 @@ class ConchWidget(QWidget):
                 self._show_estimate(step.grid)
                 draw(force=True)
                 return
-            if len(step.positions):
-                live_box[0].update(step.positions, step.features)
             self._say(f"Embedded {step.done}/{step.total} tiles · {step.tiles_per_s:.1f} tiles/s")
             if step.tiles_per_s:
                 s.last_rate = step.tiles_per_s
             draw()
 
         def on_done(result):
-            live = live_box[0]
-            if result is not None and live is not None:
-                live.store_path = result.store_path
-                live.cancelled = result.cancelled
+            live = live_box[0]  # the engine returns the live Embeddings it filled
             draw(force=True)
             if live is not None:
                 word = "Cancelled" if live.cancelled else "Done"
@@ -1055,11 +1050,10 @@ class _Start:
 def _segmentation_worker(
     slide, model, grid_options, tissue, restrict, prompts, region, cancel, batch_size, cache
 ):
-    """Worker body. Everything slow happens here, off the GUI thread: the tissue mask and
-    grid, the prompts' text encoding, loading and projecting already cached tiles; then the
-    engine's steps are passed on as they come."""
+    """Worker body, off the GUI thread: the grid (tissue mask, or the user's region), the
+    prompts' text encoding, then the engine's steps — its live Embeddings first (announced
+    with the grid, projected once), then each batch."""
     from ..engine import embed_steps
-    from ..store import Embeddings, EmbeddingStore, cache_root, describe, slide_fingerprint
     from ..tiling import tile_grid
 
     if restrict is not None:  # the user's region instead of tissue detection
@@ -1071,18 +1065,12 @@ def _segmentation_worker(
             slide, model, tissue=tissue if tissue is not None else True, **grid_options
         )
     prompts.class_embeddings(model)
-    if cache is not None:
-        store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid)
-        live = Embeddings.open(store.path, model=model)
-    else:
-        features = np.full((len(grid), int(model.embed_dim)), np.nan, np.float32)
-        meta = describe(slide, model, grid, slide_fingerprint(slide))
-        live = Embeddings(features, np.zeros(len(grid), bool), grid, meta, model=model)
-    live.projected(model)
-    yield _Start(grid, live)
     steps = embed_steps(
         slide, model, grid, cache=cache, region=region, cancel=cancel, batch_size=batch_size
     )
+    live = next(steps)
+    live.projected(model)
+    yield _Start(grid, live)
     return (yield from steps)
 
 
