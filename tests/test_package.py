@@ -173,3 +173,15 @@ def test_release_workflow_builds_checks_and_publishes_on_version_tags():
     publish = workflow["jobs"]["publish"]
     assert publish["needs"] == "build" and publish["permissions"] == {"id-token": "write"}
     assert any("pypa/gh-action-pypi-publish" in s.get("uses", "") for s in publish["steps"])
+
+
+def test_the_public_api_is_listed_once_and_every_name_resolves():
+    import napari_conch as nc
+
+    stub = (ROOT / "src/napari_conch/__init__.pyi").read_text()
+    listed = re.findall(r"^from \S+ import (\w+) as \1$", stub, re.M)
+    assert sorted(listed) == sorted(n for n in nc.__all__ if n != "__version__")
+    assert {"open_slide", "embed", "zero_shot_segment", "show"} <= set(listed)
+    for name in listed:
+        assert getattr(nc, name) is not None, name
+    assert set(listed) <= set(dir(nc))

@@ -1,0 +1,40 @@
+# The public API of napari_conch (DESIGN §2), listed once: this stub tells type checkers and
+# editors what the package exports, and napari_conch/__init__.py reads it (lazy_loader) to
+# import each name on first use. Add a public name here and nowhere else.
+
+from ._napari.view import show as show
+from ._napari.view import view as view
+from .distributed import embed_slides as embed_slides
+from .embeddings import Embeddings as Embeddings
+from .engine import CancelToken as CancelToken
+from .engine import embed as embed
+from .errors import CacheError as CacheError
+from .errors import CheckpointError as CheckpointError
+from .errors import MissingMppError as MissingMppError
+from .errors import NapariConchError as NapariConchError
+from .errors import SlideReadError as SlideReadError
+from .errors import TokenizerNotFoundError as TokenizerNotFoundError
+from .errors import UnknownModelError as UnknownModelError
+from .errors import WeightsNotFoundError as WeightsNotFoundError
+from .models import ConchModel as ConchModel
+from .models import available_models as available_models
+from .models import load_model as load_model
+from .models import register_model as register_model
+from .prompts import PromptSet as PromptSet
+from .protocol import ImageTextModel as ImageTextModel
+from .slide import Slide as Slide
+from .slide import open_slide as open_slide
+from .synthetic import synthetic_slide as synthetic_slide
+from .tiling import TileGrid as TileGrid
+from .tiling import tile_grid as tile_grid
+from .tissue import TissueMask as TissueMask
+from .tissue import tissue_mask as tissue_mask
+from .zeroshot import SegmentationResult as SegmentationResult
+from .zeroshot import SimilarityMap as SimilarityMap
+from .zeroshot import SlideCall as SlideCall
+from .zeroshot import classify_slide as classify_slide
+from .zeroshot import retrieve as retrieve
+from .zeroshot import similarity_map as similarity_map
+from .zeroshot import zero_shot_segment as zero_shot_segment
+
+__version__: str
