@@ -256,3 +256,13 @@ def test_every_export_reads_back_with_the_same_labels(result, tmp_path):
         sim.contrast_limits
     )
     assert not is_result_file(written["csv"]) and not is_result_file(written["summary"])
+
+
+def test_one_file_stem_rule_for_slide_paths_and_layer_names():
+    from napari_conch.export import file_stem
+
+    assert file_stem("/data/case 1.svs") == file_stem("case 1.svs") == "case 1"
+    assert file_stem("case.ome.tif") == file_stem("case.ome.zarr") == "case"
+    assert file_stem("case.svs (µm/px unknown)") == "case"  # the widget's layer-name note
+    assert file_stem("case (copy).svs") == "case (copy)"
+    assert file_stem('a:b?"c.tif') == "a_b_c"

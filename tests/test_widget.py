@@ -308,7 +308,7 @@ def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp
     out = tmp_path / "export"
     widget.export_results(out)
     _wait(qtbot, widget)
-    stem = "synthetic_slide"
+    stem = "synthetic slide (not real tissue)"
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(
         f"{stem}{suffix}"
@@ -369,8 +369,8 @@ def test_export_button_asks_for_formats_and_before_replacing(loaded, qtbot, tmp_
     widget.export_button.click()
     _wait(qtbot, widget)
     assert sorted(p.name for p in out.iterdir()) == [
-        "synthetic_slide.geojson",
-        "synthetic_slide.summary.json",
+        "synthetic slide (not real tissue).geojson",
+        "synthetic slide (not real tissue).summary.json",
     ]
     widget.export_button.click()  # the same again: the user cancels at "files exist"
     _wait(qtbot, widget)

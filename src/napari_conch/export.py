@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -81,13 +82,20 @@ def _provenance(result) -> dict:
 
 
 def file_stem(path_or_name) -> str:
-    """The name outputs are called after: the file name without its extension, keeping OME
-    compound suffixes whole ("case.ome.tif" → "case")."""
-    name = Path(path_or_name).name
+    """The name outputs are called after — one rule for slide paths (the CLI) and napari
+    layer names (the widget): the file name without its extension, OME compound suffixes
+    whole ("case 1.ome.tif" → "case 1"), napari-conch's "(µm/px unknown)" layer note left
+    out, and characters that file systems refuse replaced by "_"."""
+    from .slide import MPP_UNKNOWN_NOTE
+
+    name = Path(str(path_or_name).removesuffix(MPP_UNKNOWN_NOTE)).name
     for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+            name = name[: -len(suffix)]
+            break
+    else:
+        name = Path(name).stem
+    return re.sub(r'[\\/:*?"<>|\x00-\x1f]+', "_", name).strip(" .") or "slide"
 
 
 @contextlib.contextmanager

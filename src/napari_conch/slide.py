@@ -26,6 +26,9 @@ from .readers.tiff import open_tiff
 
 logger = logging.getLogger(__name__)
 
+# Appended to a slide layer's name in napari when the file records no pixel size.
+MPP_UNKNOWN_NOTE = " (µm/px unknown)"
+
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".tf2", ".qptiff", ".ptif"}
 # Formats only OpenSlide reads, and TIFF-based ones it reads better than a generic reader.
 OPENSLIDE_SUFFIXES = {".mrxs", ".vms", ".vmu", ".svslide", ".scn", ".bif"}

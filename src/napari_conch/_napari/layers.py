@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..slide import Slide
+from ..slide import MPP_UNKNOWN_NOTE, Slide
 
 MICROMETRE = "micrometer"
 
@@ -19,7 +19,7 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> tuple:
     data = slide.levels if len(slide.levels) > 1 else slide.levels[0]
     label = name or slide.name
     kwargs = {
-        "name": label if slide.mpp else f"{label} (µm/px unknown)",
+        "name": label if slide.mpp else f"{label}{MPP_UNKNOWN_NOTE}",
         "rgb": True,
         "multiscale": len(slide.levels) > 1,
         "contrast_limits": (0, 255),

@@ -615,7 +615,7 @@ class ConchWidget(QWidget):
         """
         from dataclasses import replace
 
-        from ..export import FORMATS, export_all, export_paths, free_stem
+        from ..export import FORMATS, export_all, export_paths, file_stem, free_stem
         from .export_dialog import KEEP_BOTH, REPLACE, ask_overwrite, choose_formats
 
         seg = getattr(self, "last_segmentation", None)
@@ -648,7 +648,7 @@ class ConchWidget(QWidget):
             seg = replace(seg, labels=np.asarray(layer.data).copy())  # keep painted fixes
         sim = getattr(self, "last_similarity", None)
         similarities = [sim] if sim is not None else []
-        stem = _file_stem(self.session.source.layer_name)
+        stem = file_stem(self.session.source.layer_name)
         emb = self.session.embeddings
         layout = {"n_similarities": len(similarities), "with_tiles": emb is not None}
         paths = export_paths(out_dir, stem, chosen, **layout)
@@ -1072,16 +1072,6 @@ def _segmentation_worker(
     live.projected(model)
     yield _Start(grid, live)
     return (yield from steps)
-
-
-def _file_stem(layer_name: str) -> str:
-    """A file-name-safe stem from a layer name ("slide.svs (µm/px unknown)" → "slide")."""
-    import re
-
-    from ..export import file_stem
-
-    stem = file_stem(layer_name.split(" (")[0])
-    return re.sub(r"[^\w.-]+", "_", stem).strip("._") or "slide"
 
 
 def _duration(seconds: float) -> str:
