@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import NapariConchError
 from ..errors import describe as describe_error
+from ..models.weights import CHECKPOINT_SUFFIXES
 from . import guard_triton
 from .layers import (
     camera,
@@ -114,7 +115,7 @@ class ConchWidget(QWidget):
             "weights file or model folder, hf_hub:<repo>, or empty: auto"
         )
         browse = QPushButton("File…")
-        browse.setToolTip("A weights file: pytorch_model.bin, .pt, .pth or .safetensors")
+        browse.setToolTip(f"A weights file: {', '.join(CHECKPOINT_SUFFIXES)}")
         browse.clicked.connect(self._browse_checkpoint)
         browse_folder = QPushButton("Folder…")
         browse_folder.setToolTip("A model folder as downloaded from the hub (PLIP, QuiltNet)")
@@ -285,7 +286,7 @@ class ConchWidget(QWidget):
 
     def _browse_checkpoint(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Model weights", "", "Weights (*.bin *.pt *.pth *.safetensors)"
+            self, "Model weights", "", f"Weights ({' '.join('*' + s for s in CHECKPOINT_SUFFIXES)})"
         )
         if path:
             self.checkpoint.setText(path)

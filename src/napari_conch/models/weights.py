@@ -25,15 +25,18 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import CheckpointError, WeightsNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_ENV = "NAPARI_CONCH_CHECKPOINT"
 HUB_PREFIX = "hf_hub:"
+# Weights files napari-conch reads (the widget's file dialog offers these).
 CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 # File names looked for inside a checkpoint directory, best first.
 CHECKPOINT_NAMES = ("pytorch_model.bin", "model.safetensors", "open_clip_pytorch_model.bin")
@@ -391,6 +394,8 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_pickle(path: Path) -> object:
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=_can_mmap(path))
     except pickle.UnpicklingError as exc:
@@ -420,6 +425,8 @@ def _can_mmap(path: Path) -> bool:
 
 def normalize_state_dict(obj: object, path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
     """Unwrap ``{"state_dict": ...}`` / ``{"model": ...}`` and strip a ``module.`` prefix."""
+    import torch
+
     for _ in range(3):  # a few levels of nesting at most
         if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
             inner = next((obj[k] for k in ("state_dict", "model", "module") if k in obj), None)
@@ -439,6 +446,8 @@ def normalize_state_dict(obj: object, path: Path | str = "checkpoint") -> dict[s
 
 
 def _is_tensor_dict(obj: Mapping) -> bool:
+    import torch
+
     values = list(obj.values())[:8]
     return bool(values) and all(isinstance(v, torch.Tensor) for v in values)
 
