@@ -254,14 +254,6 @@ def _clean(text, what: str) -> str:
     return cleaned
 
 
-def class_embeddings(
-    model, classes, templates: Sequence[str] = DEFAULT_TEMPLATES
-) -> tuple[list[str], np.ndarray]:
-    """Names and (C, D) class embeddings for ``classes`` (see :class:`PromptSet`)."""
-    prompt_set = PromptSet(classes, templates)
-    return prompt_set.names, prompt_set.class_embeddings(model)
-
-
 def softmax_probabilities(similarity: np.ndarray, logit_scale: float) -> np.ndarray:
     """Class probabilities from cosine similarities (..., C): ``softmax(exp(logit_scale) · s)``."""
     logits = np.exp(logit_scale) * np.asarray(similarity, dtype=np.float64)

@@ -181,7 +181,7 @@ def build_openclip(
         _load_weights(clip, source.path, name, repo_id)
         trained = True
     clip = clip.to(dev).eval().requires_grad_(False)
-    tok = _tokenizer(tokenizer, cfg, arch, source)
+    tok = _tokenizer(tokenizer, cfg)
     pre = cfg.get("preprocess_cfg", {})
     return OpenClipModel(
         clip,
@@ -251,7 +251,7 @@ def _load_weights(clip, path: Path, name: str, repo_id: str) -> None:
     clip.load_state_dict(state_dict, strict=True)
 
 
-def _tokenizer(tokenizer, cfg: dict, arch: str, source: WeightsSource):
+def _tokenizer(tokenizer, cfg: dict):
     import open_clip
 
     text_cfg = (cfg.get("model_cfg") or {}).get("text_cfg", {})
