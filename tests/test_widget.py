@@ -429,3 +429,170 @@ def test_plip_folder_loads_in_the_widget(setup, qtbot, tmp_path):
     assert "input 224 px at 0.5 µm/px" in widget.model_status.text()
     assert "UNTRAINED" not in widget.model_status.text()
     assert widget.tile_um.value() == 112.0
+
+
+# -- what a pathologist meets first (issue: the napari experience) ---------------------------
+
+
+@pytest.fixture
+def toyed(setup, qtbot):
+    """The synthetic sample with the colour toy, small tiles: quick, and the answers known."""
+    viewer, widget = setup
+    viewer.open_sample("napari-conch", "synthetic")
+    widget.set_model(nc.load_model("colour-toy"))
+    widget.set_classes(["tumor", "stroma", "necrosis", "background"])
+    widget.tile_um.setValue(64.0)
+    return viewer, widget
+
+
+def test_without_weights_the_colour_toy_is_offered_and_test_models_are_not(setup):
+    _, widget = setup
+    items = [widget.model_name.itemText(i) for i in range(widget.model_name.count())]
+    assert widget.model_name.currentText() == "colour-toy"  # no CONCH weights here
+    assert "conch_tiny" not in items and {"conch", "plip", "quiltnet"} <= set(items)
+    widget.model_name.setCurrentText("conch_tiny")  # still loadable by name (scripts)
+    assert widget.model_name.currentText() == "conch_tiny"
+
+
+def test_a_failed_load_says_so_in_the_model_tab_in_its_own_words(setup, qtbot):
+    _, widget = setup
+    widget.model_name.setCurrentText("conch")
+    widget.random_weights.setChecked(False)
+    widget.load_model()
+    _wait(qtbot, widget)
+    status = widget.model_status.text()
+    assert "Could not load conch" in status and "Loading" not in status
+    messages = " ".join(_notifications())
+    assert "untrained (random) weights" in messages and "Weights field" in messages
+    assert "checkpoint=" not in messages and "checkpoint=" not in status
+
+
+def test_run_announces_its_stage_at_once(toyed, qtbot):
+    _, widget = toyed
+    widget.run_segmentation()
+    assert widget.status.text().startswith("Preparing")  # before any worker has run
+    _wait(qtbot, widget)
+    assert widget.status.text().startswith("Done")
+
+
+def test_class_colours_follow_the_name_not_the_order(toyed, qtbot):
+    _, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    first = dict(zip(widget.last_segmentation.class_names, range(1, 4), strict=True))
+    colours = {n: widget.last_segmentation.colors[i] for n, i in first.items()}
+    widget.set_classes(["necrosis", "background", "stroma", "tumor"])
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    seg = widget.last_segmentation
+    for i, name in enumerate(seg.class_names, start=1):
+        assert seg.colors[i] == colours[name], name
+
+
+def test_maps_keep_the_users_display_settings_and_stay_under_the_points(toyed, qtbot):
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    labels = viewer.layers["colour-toy labels"]
+    assert viewer.layers.selection.active is labels  # not a hidden probability map
+    widget.prompt.setText("tumor")
+    qtbot.waitUntil(lambda: "colour-toy similarity" in viewer.layers, timeout=30_000)
+    _wait(qtbot, widget)
+    heat = viewer.layers["colour-toy similarity"]
+    assert heat.colorbar.visible
+    heat.colormap = "viridis"
+    heat.contrast_limits = (0.2, 0.6)  # the pathologist's choice
+    first = np.array(heat.data)
+    widget.prompt.setText("stroma")
+    qtbot.waitUntil(lambda: not np.array_equal(np.asarray(heat.data), first), timeout=30_000)
+    _wait(qtbot, widget)
+    assert heat.colormap.name == "viridis"
+    assert tuple(heat.contrast_limits) == pytest.approx((0.2, 0.6))
+    widget.start_exemplars()
+    points = viewer.layers["colour-toy exemplars"]
+    points.add([512.0, 512.0])
+    qtbot.waitUntil(lambda: "colour-toy exemplar similarity" in viewer.layers, timeout=30_000)
+    order = [layer.name for layer in viewer.layers]
+    assert order.index("colour-toy exemplars") > order.index("colour-toy exemplar similarity")
+
+
+def test_hits_are_readable_and_stepping_zooms_to_the_tile(toyed, qtbot):
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    widget.prompt.setText("necrosis")
+    widget.k.setValue(5)
+    widget.run_retrieval()
+    _wait(qtbot, widget)
+    hits = viewer.layers["colour-toy retrieval"]  # named after the model
+    assert hits.text.string.format == "{rank}"  # short labels; scores are features
+    from napari_conch._napari.layers import camera
+
+    camera(viewer).zoom = 0.01
+    widget.step_hit(1)
+    assert camera(viewer).zoom > 0.5  # a 64 µm tile fills a good part of the view
+
+
+def test_the_tissue_mask_is_shown_in_micrometres(toyed, qtbot):
+    viewer, widget = toyed
+    widget.tissue_preview.setChecked(True)
+    qtbot.waitUntil(lambda: "colour-toy tissue" in viewer.layers, timeout=30_000)
+    mask = viewer.layers["colour-toy tissue"]
+    assert [str(u) for u in mask.units] == ["micrometer", "micrometer"]
+
+
+def test_cancel_then_run_continues_on_an_in_memory_image(toyed, qtbot):
+    viewer, widget = toyed
+    viewer.add_image(
+        np.asarray(viewer.layers["synthetic slide (not real tissue)"].data[0]),
+        rgb=True,
+        name="in memory",
+        scale=(0.5, 0.5),
+        units=("micrometer", "micrometer"),
+    )
+    widget.layer_combo.setCurrentText("in memory")
+    slow = CountingModel(widget.session.model, delay=0.2)
+    widget.set_model(slow)
+    widget.batch.setValue(4)
+    widget.run_segmentation()
+    qtbot.waitUntil(lambda: slow.tiles >= 8, timeout=60_000)
+    widget.cancel()
+    _wait(qtbot, widget)
+    first = slow.tiles
+    total = len(widget.session.grid)
+    assert first < total
+    slow.delay = 0.0
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    assert widget.session.embeddings.complete
+    assert slow.tiles == total  # the second run did only what the first left
+
+
+def test_docking_the_widget_loads_no_model_code(tmp_path):
+    """Docking happens while a pathologist waits: no torch (seconds) until a model loads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari; from napari_conch._napari.widget import ConchWidget; "
+        "from qtpy.QtCore import QSettings; "
+        "v = napari.Viewer(show=False); "
+        f"w = ConchWidget(v, settings=QSettings({str(tmp_path / 's.ini')!r}, "
+        "QSettings.Format.IniFormat)); v.window.add_dock_widget(w); "
+        "print('torch' in sys.modules); v.close()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_keys_run_and_cancel_and_controls_explain_themselves(toyed, qtbot):
+    _, widget = toyed
+    assert widget.run_shortcut.key().toString() == "Ctrl+Return"
+    assert widget.cancel_shortcut.key().toString() == "Esc"
+    for control in (widget.run_button, widget.cancel_button, widget.load_button):
+        assert control.toolTip()
+    widget.run_shortcut.activated.emit()
+    assert widget._workers  # a run started
+    _wait(qtbot, widget)
+    assert widget.last_segmentation is not None

@@ -348,3 +348,14 @@ def test_retrieval_across_slides(synth, colour_emb):
     assert slide.label_at_um(top.y_um + 16, top.x_um + 16) == 3  # necrosis
     with pytest.raises(ValueError, match="k must be"):
         retrieve(emb, model, "necrosis", k=0)
+
+
+def test_class_colours_are_a_function_of_the_names():
+    from napari_conch.zeroshot import class_colors
+
+    names = ["tumor", "stroma", "necrosis", "immune cells", "fat", "mucin"]
+    first = class_colors(names)
+    assert class_colors(list(reversed(names))) == first  # order does not matter
+    assert len(set(first.values())) == len(names)  # distinct within one set
+    assert class_colors(["Tumor ", "stroma"])["Tumor "] == class_colors(["tumor"])["tumor"]
+    assert class_colors(names, {"fat": "#00ff00"})["fat"] == (0.0, 1.0, 0.0, 1.0)

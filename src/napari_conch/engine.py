@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .embeddings import Embeddings
-from .protocol import check_model, is_trained
+from .protocol import check_model, is_trained, weights_hash
 from .slide import Slide, as_slide
 from .store import EmbeddingStore, cache_root, describe, slide_fingerprint
 from .tiling import TileGrid, tile_grid
@@ -160,6 +160,7 @@ def embed_steps(
     workers: int | None = None,
     prefetch: int = 2,
     dtype: str = "float32",
+    resume: Embeddings | None = None,
 ):
     """:func:`embed` as a generator — the one engine path the CLI, the widget and the
     cluster code share.
@@ -168,14 +169,18 @@ def embed_steps(
     the engine fills it as batches land — closing the generator right there computes
     nothing, e.g. to plan work); then a :class:`Progress` before the first batch and after
     every batch. Returns (``StopIteration.value``) the same Embeddings, complete unless the
-    run was cancelled or restricted.
+    run was cancelled or restricted. ``resume``: without a cache, the Embeddings of an
+    earlier run over the same grid and weights, continued instead of starting from zero.
     """
     slide = as_slide(slide)
     check_model(model)
     grid = grid if grid is not None else tile_grid(slide, model)
     _check_grid(slide, grid)
 
-    if cache is None or cache is False:
+    if (cache is None or cache is False) and _continues(resume, grid, model):
+        store, live = None, resume
+        live.cancelled = False
+    elif cache is None or cache is False:
         store = None
         metadata = describe(slide, model, grid, slide_fingerprint(slide))
         features = np.full((len(grid), int(model.embed_dim)), np.nan, np.float32)
@@ -232,6 +237,14 @@ def embed_steps(
         live.refresh()  # tiles another process wrote meanwhile
     live.cancelled = cancelled
     return live
+
+
+def _continues(previous, grid: TileGrid, model) -> bool:
+    """Whether an earlier in-memory run can be continued: same grid, same weights."""
+    if previous is None or previous.store_path is not None:
+        return False
+    made_with = (previous.metadata.get("model") or {}).get("weights_hash")
+    return previous.grid.signature() == grid.signature() and made_with == weights_hash(model)
 
 
 class _Sink:

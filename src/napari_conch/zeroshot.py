@@ -43,7 +43,8 @@ TILE_BACKGROUND = 0
 TILE_UNASSIGNED = -1
 TILE_NOT_EMBEDDED = -2
 
-# Class colours (RGBA, 0–1) for labels 1, 2, …: distinct, readable over H&E, fixed by order.
+# Class colours (RGBA, 0–1): distinct, readable over H&E; each class name keeps its own
+# (class_colors).
 PALETTE: tuple[tuple[float, float, float, float], ...] = (
     (0.89, 0.10, 0.11, 1.0),  # red
     (0.22, 0.49, 0.72, 1.0),  # blue
@@ -671,13 +672,33 @@ def _tile_record(emb: Embeddings, position: int, score: float, coords: np.ndarra
     }
 
 
+def class_colors(names: Sequence[str], overrides: dict | None = None) -> dict[str, tuple]:
+    """A fixed colour per class name, the same in every session and whatever the classes'
+    order: each name has a palette colour of its own (from a digest of the lower-cased
+    name); when two classes of the set want the same one, the later in alphabetical order
+    takes the next free. ``overrides`` (name → RGBA 0–1 or "#rrggbb") win."""
+    import hashlib
+
+    chosen: dict[str, tuple] = {}
+    taken: set[int] = set()
+    for name in sorted(names, key=lambda n: (n.lower(), n)):
+        digest = hashlib.blake2b(name.strip().lower().encode(), digest_size=4).digest()
+        index = int.from_bytes(digest, "big") % len(PALETTE)
+        for step in range(len(PALETTE)):
+            if (index + step) % len(PALETTE) not in taken or len(taken) >= len(PALETTE):
+                index = (index + step) % len(PALETTE)
+                break
+        taken.add(index)
+        chosen[name] = PALETTE[index]
+    for name, value in (overrides or {}).items():
+        if name in chosen:
+            chosen[name] = _rgba(value)
+    return chosen
+
+
 def _colors(names: list[str], overrides: dict | None) -> dict[int, tuple]:
-    colors = {0: (0.0, 0.0, 0.0, 0.0)}
-    for i, name in enumerate(names, start=1):
-        colors[i] = PALETTE[(i - 1) % len(PALETTE)]
-        if overrides and name in overrides:
-            colors[i] = _rgba(overrides[name])
-    return colors
+    by_name = class_colors(names, overrides)
+    return {0: (0.0, 0.0, 0.0, 0.0), **{i: by_name[n] for i, n in enumerate(names, start=1)}}
 
 
 def _rgba(value) -> tuple[float, float, float, float]:

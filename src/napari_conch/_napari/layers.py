@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ..slide import MPP_UNKNOWN_NOTE, Slide
@@ -245,19 +247,46 @@ def show_segmentation(
 
 
 def show_similarity(viewer, sim, name: str | None = None, offset_um=(0.0, 0.0)):
+    """The heatmap of a similarity map, with a colour bar. Redrawn for a new prompt, it
+    keeps what the user set: the colormap always, the contrast limits once changed by hand
+    (until then they follow each map's range)."""
     name = name or f"{layer_prefix(sim)} similarity"
     values = sim.values if sim.values.ndim == 2 else sim.values[0]
-    return upsert(
+    limits = tuple(float(v) for v in sim.contrast_limits)
+    existing = _find(viewer, name, "image")
+    style = {"contrast_limits": limits}
+    if existing is None:
+        style["colormap"] = "turbo"
+    else:
+        ours = existing.metadata.get("napari_conch", {}).get("contrast_limits")
+        if ours is not None and tuple(existing.contrast_limits) != tuple(ours):
+            style = {}  # the user's contrast limits
+            limits = tuple(existing.contrast_limits)
+    layer = upsert(
         viewer,
         "image",
         name,
         values,
-        contrast_limits=sim.contrast_limits,
-        colormap="turbo",
         opacity=0.55,
-        metadata={"napari_conch": {"result": sim}},
+        metadata={"napari_conch": {"result": sim, "contrast_limits": limits}},
+        **style,
         **_placement(sim, offset_um),
     )
+    with contextlib.suppress(AttributeError):  # napari without per-layer colour bars
+        layer.colorbar.visible = True
+    _points_on_top(viewer)
+    return layer
+
+
+def _points_on_top(viewer) -> None:
+    """Points (exemplars, retrieval hits, evidence) stay above the maps, where they can be
+    seen and clicked."""
+    layers = viewer.layers
+    points = [i for i, layer in enumerate(layers) if type(layer).__name__ == "Points"]
+    others = [i for i, layer in enumerate(layers) if type(layer).__name__ != "Points"]
+    if points and others and min(points) < max(others):
+        for index in sorted(points, reverse=True):
+            layers.move(index, len(layers))
 
 
 def show_tiles(viewer, records: list[dict], name: str, offset_um=(0.0, 0.0), color="yellow"):
@@ -274,7 +303,7 @@ def show_tiles(viewer, records: list[dict], name: str, offset_um=(0.0, 0.0), col
         "rank": np.arange(1, len(records) + 1),
         "score": np.array([r["score"] for r in records], float),
     }
-    return upsert(
+    layer = upsert(
         viewer,
         "points",
         name,
@@ -284,13 +313,20 @@ def show_tiles(viewer, records: list[dict], name: str, offset_um=(0.0, 0.0), col
         face_color=color,
         border_color="black",
         units=(MICROMETRE, MICROMETRE),
-        text={"string": "{rank}: {score:.3f}", "size": 10, "color": "white"},
+        # the rank only: short labels stay readable when tiles crowd at slide zoom (the
+        # score is a feature, shown on hover and in the widget)
+        text={"string": "{rank}", "size": 9, "color": "white", "anchor": "upper_left"},
     )
+    _points_on_top(viewer)
+    return layer
 
 
 def show_mask(viewer, mask, name: str = "conch tissue", offset_um=(0.0, 0.0)):
+    """The tissue mask as a Labels layer, in µm like the slide (in pixels only when the
+    slide's pixel size is unknown)."""
     scale = mask.scale_um or mask.downsample
     translate = mask.translate_um or tuple((d - 1) / 2 for d in mask.downsample)
+    units = {"units": (MICROMETRE, MICROMETRE)} if mask.scale_um else {}
     return upsert(
         viewer,
         "labels",
@@ -300,4 +336,5 @@ def show_mask(viewer, mask, name: str = "conch tissue", offset_um=(0.0, 0.0)):
         translate=tuple(t + o for t, o in zip(translate, offset_um, strict=True)),
         opacity=0.3,
         metadata={"napari_conch": {"result": mask}},
+        **units,
     )

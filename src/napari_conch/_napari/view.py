@@ -6,6 +6,7 @@ import os
 
 from ..slide import Slide, open_slide
 from .layers import (
+    layer_prefix,
     scale_bar,
     show_mask,
     show_segmentation,
@@ -38,11 +39,16 @@ def show(viewer, obj, **kwargs):
         return show_similarity(viewer, obj, **kwargs)
     if isinstance(obj, Retrieval):
         return show_tiles(
-            viewer, [vars(h) for h in obj.hits], kwargs.get("name", "conch retrieval")
+            viewer,
+            [vars(h) for h in obj.hits],
+            kwargs.get("name", f"{layer_prefix(obj)} retrieval"),
         )
     if isinstance(obj, SlideCall):
         return show_tiles(
-            viewer, obj.evidence[obj.call], kwargs.get("name", "conch evidence"), color="magenta"
+            viewer,
+            obj.evidence[obj.call],
+            kwargs.get("name", f"{layer_prefix(obj)} evidence"),
+            color="magenta",
         )
     if isinstance(obj, TissueMask):
         return show_mask(viewer, obj, **kwargs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from qtpy.QtCore import QSettings, Qt, QTimer
+from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -60,6 +61,8 @@ DEFAULT_CLASSES = [
     ("necrosis", "necrosis"),
     ("background", "background, white space"),
 ]
+# Test configurations: selectable by name (settings, scripts), not offered in the list.
+HIDDEN_MODELS = ("conch_tiny",)
 LIVE_REDRAW_SECONDS = 0.5
 PROMPT_DEBOUNCE_MS = 350
 
@@ -97,6 +100,14 @@ class ConchWidget(QWidget):
         self._debounce.setInterval(PROMPT_DEBOUNCE_MS)
         self._debounce.timeout.connect(self.update_similarity)
 
+        # Keys while the widget has focus: run and cancel without reaching for the mouse.
+        self.run_shortcut = QShortcut(QKeySequence("Ctrl+Return"), self)
+        self.run_shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.run_shortcut.activated.connect(self.run_segmentation)
+        self.cancel_shortcut = QShortcut(QKeySequence("Escape"), self)
+        self.cancel_shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.cancel_shortcut.activated.connect(self.cancel)
+
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._restore_settings()
@@ -105,8 +116,6 @@ class ConchWidget(QWidget):
     # -- building the tabs ----------------------------------------------------------------
 
     def _model_tab(self) -> QWidget:
-        from ..models.device import available_devices
-
         page, form = _form()
         self.model_name = _ModelCombo()
         self.model_name.refresh()
@@ -124,11 +133,14 @@ class ConchWidget(QWidget):
         self.token = QLineEdit()
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("Hugging Face token (not saved)")
-        self.device = QComboBox()
-        self.device.addItems(["auto", *available_devices()])
+        self.device = _DeviceCombo()  # GPUs are listed when it opens: no torch at docking
         self.precision = QComboBox()
         self.precision.addItems(["auto", "fp32", "bf16", "fp16"])
         self.load_button = QPushButton("Load model")
+        self.load_button.setToolTip(
+            "Build the chosen model with these weights (on this device). Without CONCH "
+            "weights, try colour-toy on File → Open Sample → napari-conch → Synthetic slide."
+        )
         self.load_button.clicked.connect(self.load_model)
         self.model_status = QLabel("No model loaded.")
         self.model_status.setWordWrap(True)
@@ -164,10 +176,14 @@ class ConchWidget(QWidget):
         )
         self.mask_layer.currentIndexChanged.connect(self._invalidate_grid)
         self.tile_um = QDoubleSpinBox()
+        self.tile_um.setToolTip("Tile side in µm (default: the model's own: 224 µm for CONCH).")
         self.tile_um.setRange(8.0, 4096.0)
         self.tile_um.setValue(224.0)
         self.tile_um.setSuffix(" µm")
         self.overlap = QComboBox()
+        self.overlap.setToolTip(
+            "Share of a tile its neighbour also covers: finer maps, more tiles (75 %: 16×)."
+        )
         self.overlap.addItems(["0 %", "50 %", "75 %"])
         self.batch = QSpinBox()
         self.batch.setRange(1, 512)
@@ -208,13 +224,23 @@ class ConchWidget(QWidget):
         save_json.clicked.connect(self._save_prompts)
         self.templates_label = QLabel("")
         self.background = QComboBox()
+        self.background.setToolTip(
+            "The class for glass and empty space: where it wins, maps stay unlabelled, tile "
+            "tables say 'background', and the slide call leaves it out."
+        )
         self.min_confidence = QDoubleSpinBox()
+        self.min_confidence.setToolTip("Cells whose best class is less likely stay unlabelled.")
         self.min_confidence.setRange(0.0, 1.0)
         self.min_confidence.setSingleStep(0.05)
         self.min_confidence.setSpecialValueText("off")
         self.run_button = QPushButton("Run segmentation")
+        self.run_button.setToolTip(
+            "Embed the slide's tissue (the part in view first) and label it with the classes "
+            "above; the map redraws as tiles land. Ctrl+Enter."
+        )
         self.run_button.clicked.connect(self.run_segmentation)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop after the batch in flight; Run continues later. Esc.")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button = QPushButton("Export…")
@@ -314,10 +340,20 @@ class ConchWidget(QWidget):
         self.load_button.setEnabled(False)
         self.model_status.setText(f"Loading {name}…")
         self._save_settings()
+
+        def failed(exc):
+            # the status says what happened (the notification has the whole message)
+            previous = getattr(self.session.model, "name", None)
+            still = f" Still using {previous}." if previous else ""
+            self.model_status.setText(
+                f"<b>Could not load {name}.</b>{still}<br>{_first_sentence(exc)}"
+            )
+
         return self._start(
             load_model,
             name,
             on_return=self.set_model,
+            on_error=failed,
             progress={"desc": f"Loading {name}"},
             finished=lambda: self.load_button.setEnabled(True),
             **options,
@@ -413,7 +449,7 @@ class ConchWidget(QWidget):
     def _on_tissue_toggled(self, on: bool) -> None:
         from ..tissue import tissue_mask
 
-        name = "conch tissue"
+        name = self._layer_name("tissue")
         if not on:
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = False
@@ -540,6 +576,9 @@ class ConchWidget(QWidget):
             interval[0] = max(LIVE_REDRAW_SECONDS, 10 * (last_draw[0] - started))
 
         def on_step(step):
+            if isinstance(step, str):  # a stage of the preparation
+                self._say(step)
+                return
             if isinstance(step, _Start):
                 s.grid, s.grid_options = step.grid, self._grid_options()
                 s.embeddings = live_box[0] = step.embeddings
@@ -557,9 +596,13 @@ class ConchWidget(QWidget):
             if live is not None:
                 word = "Cancelled" if live.cancelled else "Done"
                 self._say(f"{word}: {live.n_done}/{len(live)} tiles embedded.")
+            labels = self._layer_name("labels")
+            if labels in self.viewer.layers:  # the result, not a hidden map, is selected
+                self.viewer.layers.selection.active = self.viewer.layers[labels]
             self._running(False)
 
         self._running(True)
+        self._say("Preparing: tissue, tiles and prompts…")
         mask = self._user_mask()
         restrict = None
         if mask is not None:
@@ -580,6 +623,7 @@ class ConchWidget(QWidget):
             token,
             self.batch.value(),
             self._cache(),
+            s.embeddings,
             on_yield=on_step,
             on_return=on_done,
             progress={"total": 0, "desc": "Embedding tiles"},
@@ -735,7 +779,7 @@ class ConchWidget(QWidget):
 
     def start_exemplars(self) -> None:
         """Add (or select) the exemplar Points layer; each change redraws the exemplar map."""
-        name = "conch exemplars"
+        name = self._layer_name("exemplars")
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
         else:
@@ -755,7 +799,8 @@ class ConchWidget(QWidget):
         from ..zeroshot import similarity_map
 
         names = [layer.name for layer in self.viewer.layers]
-        layer = self.viewer.layers["conch exemplars"] if "conch exemplars" in names else None
+        exemplars = self._layer_name("exemplars")
+        layer = self.viewer.layers[exemplars] if exemplars in names else None
         if layer is None or len(layer.data) == 0:
             return None
         try:
@@ -767,7 +812,10 @@ class ConchWidget(QWidget):
             self._error(exc)
             return None
         return show_similarity(
-            self.viewer, sim, "conch exemplar similarity", self.session.source.offset_um
+            self.viewer,
+            sim,
+            self._layer_name("exemplar similarity"),
+            self.session.source.offset_um,
         )
 
     def run_retrieval(self):
@@ -790,7 +838,9 @@ class ConchWidget(QWidget):
             records = [vars(hit) for hit in result.hits]
             self._hits = records
             self._hit_index = -1
-            show_tiles(self.viewer, records, "conch retrieval", self.session.source.offset_um)
+            show_tiles(
+                self.viewer, records, self._layer_name("retrieval"), self.session.source.offset_um
+            )
             self.step_hit(1)
 
         return self._start(
@@ -809,10 +859,15 @@ class ConchWidget(QWidget):
         self._hit_index = (self._hit_index + step) % len(self._hits)
         hit = self._hits[self._hit_index]
         oy, ox = self.session.source.offset_um
-        camera(self.viewer).center = (
+        cam = camera(self.viewer)
+        cam.center = (
             hit["y_um"] + hit["size_um"] / 2 + oy,
             hit["x_um"] + hit["size_um"] / 2 + ox,
         )
+        # zoom so the tile fills about a third of the view: close enough to judge it
+        canvas = getattr(getattr(self.viewer, "window", None), "_qt_viewer", None)
+        size = getattr(getattr(canvas, "canvas", None), "size", None) or (600, 600)
+        cam.zoom = min(size) / (3.0 * float(hit["size_um"]))
         self.hit_label.setText(
             f"#{self._hit_index + 1} of {len(self._hits)} · score {hit['score']:.3f}"
         )
@@ -851,7 +906,7 @@ class ConchWidget(QWidget):
         show_tiles(
             self.viewer,
             call.evidence[call.call],
-            "conch evidence",
+            self._layer_name("evidence"),
             self.session.source.offset_um,
             "magenta",
         )
@@ -940,7 +995,7 @@ class ConchWidget(QWidget):
 
     def _restore_settings(self) -> None:
         s = self.settings
-        _set_combo(self.model_name, s.value("model", "conch"))
+        self.model_name.setCurrentText(str(s.value("model", "") or _default_model()))
         self.checkpoint.setText(str(s.value("checkpoint", "") or ""))
         _set_combo(self.device, s.value("device", "auto"))
         _set_combo(self.precision, s.value("precision", "auto"))
@@ -993,6 +1048,11 @@ class ConchWidget(QWidget):
         worker.start()
         return worker
 
+    def _layer_name(self, kind: str) -> str:
+        """Result layers carry the model's name ("plip retrieval"), so two models' results
+        sit side by side."""
+        return f"{layer_prefix(getattr(self.session.model, 'name', None))} {kind}"
+
     def _say(self, message: str) -> None:
         self.status.setText(message)
 
@@ -1016,6 +1076,30 @@ class ConchWidget(QWidget):
         super().closeEvent(event)
 
 
+class _DeviceCombo(QComboBox):
+    """auto and cpu at once; the GPUs (which take torch to find) when the list first opens."""
+
+    def __init__(self):
+        super().__init__()
+        self.addItems(["auto", "cpu"])
+        self._probed = False
+
+    def setCurrentText(self, text: str) -> None:  # a saved value: list it
+        if text and self.findText(text) < 0:
+            self.addItem(text)
+        super().setCurrentText(text)
+
+    def showPopup(self) -> None:
+        if not self._probed:
+            from ..models.device import available_devices
+
+            self._probed = True
+            for name in available_devices():
+                if self.findText(name) < 0:
+                    self.addItem(name)
+        super().showPopup()
+
+
 class _ModelCombo(QComboBox):
     """The registered models; re-read whenever the list opens, so models registered after
     the widget was created (register_model, entry points) appear."""
@@ -1025,7 +1109,7 @@ class _ModelCombo(QComboBox):
         from ..models.registry import model_entry
 
         current = self.currentText()
-        names = available_models()
+        names = [n for n in available_models() if n not in HIDDEN_MODELS or n == current]
         self.blockSignals(True)
         self.clear()
         for i, name in enumerate(names):
@@ -1035,9 +1119,34 @@ class _ModelCombo(QComboBox):
             self.setCurrentText(current)
         self.blockSignals(False)
 
+    def setCurrentText(self, text: str) -> None:
+        """Any registered name, hidden test models too (by name only)."""
+        if text and self.findText(text) < 0:
+            from ..errors import UnknownModelError
+            from ..models.registry import model_entry
+
+            with contextlib.suppress(UnknownModelError, TypeError):
+                model_entry(text)
+                self.addItem(text)
+        super().setCurrentText(text)
+
     def showPopup(self) -> None:
         self.refresh()
         super().showPopup()
+
+
+def _default_model() -> str:
+    """CONCH when its weights are on this machine; else the colour toy, which runs anywhere
+    (on the synthetic sample) — never an untrained CONCH by default."""
+    from ..errors import WeightsNotFoundError
+    from ..models.colour_toy import COLOUR_TOY
+    from ..models.weights import find_checkpoint
+
+    try:
+        find_checkpoint(None, repo_id="MahmoodLab/conch", download=False)
+    except (WeightsNotFoundError, ValueError):
+        return COLOUR_TOY
+    return "conch"
 
 
 @dataclass
@@ -1049,30 +1158,63 @@ class _Start:
 
 
 def _segmentation_worker(
-    slide, model, grid_options, tissue, restrict, prompts, region, cancel, batch_size, cache
+    slide,
+    model,
+    grid_options,
+    tissue,
+    restrict,
+    prompts,
+    region,
+    cancel,
+    batch_size,
+    cache,
+    previous=None,
 ):
     """Worker body, off the GUI thread: the grid (tissue mask, or the user's region), the
     prompts' text encoding, then the engine's steps — its live Embeddings first (announced
-    with the grid, projected once), then each batch."""
+    with the grid, projected once), then each batch. Each stage is announced as it starts.
+    ``previous``: the last run's Embeddings, continued when they fit (an in-memory image
+    cancelled and run again does not start from zero)."""
     from ..engine import embed_steps
     from ..tiling import tile_grid
 
     if restrict is not None:  # the user's region instead of tissue detection
+        yield "Preparing: laying tiles inside the chosen layer…"
         grid = restrict(tile_grid(slide, model, tissue=False, **grid_options))
         if len(grid) == 0:
             raise NapariConchError("No tile centre lies inside the chosen mask layer.")
     else:
+        yield "Preparing: finding the tissue…"
         grid = tile_grid(
             slide, model, tissue=tissue if tissue is not None else True, **grid_options
         )
+    yield f"Preparing: encoding {len(prompts.names)} classes' prompts…"
     prompts.class_embeddings(model)
+    yield f"Embedding 0/{len(grid)} tiles…"
     steps = embed_steps(
-        slide, model, grid, cache=cache, region=region, cancel=cancel, batch_size=batch_size
+        slide,
+        model,
+        grid,
+        cache=cache,
+        region=region,
+        cancel=cancel,
+        batch_size=batch_size,
+        resume=previous,
     )
     live = next(steps)
     live.projected(model)
     yield _Start(grid, live)
     return (yield from steps)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The start of an error's widget-worded message, short enough for a status line."""
+    import html
+
+    text = describe_error(exc, "napari").strip().splitlines()[0] if str(exc) else repr(exc)
+    cut = text.find(". ")
+    text = text[: cut + 1] if 0 < cut < 200 else text[:200]
+    return html.escape(text)
 
 
 def _duration(seconds: float) -> str:
