@@ -678,21 +678,18 @@ def _demo_model(args) -> tuple[str, object, str]:
         return _single_model(args), args.checkpoint, ""
     if args.checkpoint:
         return "conch", args.checkpoint, ""
-    from .errors import WeightsNotFoundError
-    from .models.colour_toy import COLOUR_TOY
-    from .models.weights import find_checkpoint
+    from .models import default_model
 
-    try:
-        find_checkpoint(None, repo_id="MahmoodLab/conch", download=False)
-    except WeightsNotFoundError:
-        return (
-            COLOUR_TOY,
-            None,
-            "No CONCH weights on this machine: running the colour toy, a demonstration model "
-            "that tells colours apart (not pathology), on the synthetic slide with planted "
-            "regions.",
-        )
-    return "conch", None, ""
+    name = default_model()
+    if name == "conch":
+        return name, None, ""
+    return (
+        name,
+        None,
+        "No CONCH weights on this machine: running the colour toy, a demonstration model "
+        "that tells colours apart (not pathology), on the synthetic slide with planted "
+        "regions.",
+    )
 
 
 def _run_demo(model, sample, out: Path, *, quiet: bool) -> int:

@@ -995,7 +995,9 @@ class ConchWidget(QWidget):
 
     def _restore_settings(self) -> None:
         s = self.settings
-        self.model_name.setCurrentText(str(s.value("model", "") or _default_model()))
+        from ..models import default_model
+
+        self.model_name.setCurrentText(str(s.value("model", "") or default_model()))
         self.checkpoint.setText(str(s.value("checkpoint", "") or ""))
         _set_combo(self.device, s.value("device", "auto"))
         _set_combo(self.precision, s.value("precision", "auto"))
@@ -1133,20 +1135,6 @@ class _ModelCombo(QComboBox):
     def showPopup(self) -> None:
         self.refresh()
         super().showPopup()
-
-
-def _default_model() -> str:
-    """CONCH when its weights are on this machine; else the colour toy, which runs anywhere
-    (on the synthetic sample) — never an untrained CONCH by default."""
-    from ..errors import WeightsNotFoundError
-    from ..models.colour_toy import COLOUR_TOY
-    from ..models.weights import find_checkpoint
-
-    try:
-        find_checkpoint(None, repo_id="MahmoodLab/conch", download=False)
-    except (WeightsNotFoundError, ValueError):
-        return COLOUR_TOY
-    return "conch"
 
 
 @dataclass

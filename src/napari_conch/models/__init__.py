@@ -43,6 +43,7 @@ __all__ = [
     "available_models",
     "check_model",
     "check_text_side",
+    "default_model",
     "load_model",
     "register_model",
     "unregister_model",
@@ -64,6 +65,19 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
+
+
+def default_model() -> str:
+    """The model to offer first: CONCH when its weights are on this machine (argument-free
+    discovery: environment, Hugging Face cache; nothing downloaded), else the colour toy,
+    which runs anywhere — never an untrained CONCH by default."""
+    from .weights import find_checkpoint
+
+    try:
+        find_checkpoint(None, repo_id="MahmoodLab/conch", download=False)
+    except (WeightsNotFoundError, ValueError):
+        return COLOUR_TOY
+    return "conch"
 
 
 def _conch(**kwargs) -> ConchModel:
