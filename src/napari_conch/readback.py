@@ -73,17 +73,7 @@ def read_ome_zarr(path) -> tuple:
         uncertainty = image[channel_names.index(UNCERTAINTY_CHANNEL)]
     else:  # written before the channel existed: the entropy of the classes stored
         uncertainty = normalized_entropy(probabilities)
-    metadata = {
-        "model": {
-            "name": info.get("model"),
-            "weights_hash": info.get("weights_hash"),
-            "trained": bool(info.get("trained", True)),
-        },
-        "prompts": info.get("prompts"),
-        "napari_conch": info.get("napari_conch"),
-        "created": info.get("created"),
-        "source_file": str(path),
-    }
+    metadata = _metadata(info, path)
     seg = SegmentationResult(
         labels=labels,
         probabilities=probabilities,
@@ -309,6 +299,7 @@ def _metadata(info: dict, path: Path) -> dict:
             "weights_hash": info.get("weights_hash"),
             "trained": bool(info.get("trained", True)),
         },
+        "prompts": info.get("prompts"),
         "napari_conch": info.get("napari_conch"),
         "created": info.get("created"),
         "source_file": str(path),

@@ -305,8 +305,7 @@ def similarity_map(
     tile_values = projected @ vectors.T  # (N, Q)
     if negative is not None:
         negatives = [negative] if isinstance(negative, str) else list(negative)
-        neg = np.asarray(model.encode_texts(negatives, normalize=True), np.float32).mean(axis=0)
-        neg /= max(float(np.linalg.norm(neg)), 1e-12)
+        neg = _mean_direction(model.encode_texts(negatives, normalize=True))
         tile_values = tile_values - (projected @ neg)[:, None]
         labels = [f"{q} − {', '.join(negatives)}" for q in labels]
     tile_values[~selected] = np.nan
@@ -464,8 +463,9 @@ def retrieve(
 
 
 def _mean_direction(vectors) -> np.ndarray:
+    """The unit vector along the mean of ``vectors`` (several prompts or tiles → one query)."""
     mean = np.asarray(vectors, np.float32).mean(axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
 
 # -- building blocks ------------------------------------------------------------------------
@@ -642,8 +642,7 @@ def _exemplar_vector(emb: Embeddings, model, exemplar, projected: np.ndarray) ->
         vectors = vectors[np.isfinite(vectors).all(axis=1)]
         if len(vectors) == 0:
             raise ValueError("The exemplar tiles are not embedded yet.")
-    mean = vectors.mean(axis=0)
-    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+    return _mean_direction(vectors)
 
 
 def _tile_at(grid: TileGrid, y_um: float, x_um: float) -> int:
