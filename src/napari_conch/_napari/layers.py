@@ -128,6 +128,26 @@ def _labels_style(seg) -> dict:
     }
 
 
+def _segmentation_layers(seg, prefix: str, placement: dict) -> list[tuple]:
+    """(data, kwargs, kind) of a segmentation's layers: the labels, then each class's
+    probability and the uncertainty (hidden) — what the reader returns and what
+    :func:`show_segmentation` puts into a viewer."""
+    labels = {
+        "name": f"{prefix} labels",
+        "opacity": 0.55,
+        "metadata": {"napari_conch": {"result": seg, "classes": list(seg.class_names)}},
+        **placement,
+    }
+    hidden = {"visible": False, "opacity": 0.6, "contrast_limits": (0.0, 1.0), **placement}
+    layers = [(seg.labels, labels, "labels")]
+    for i, name in enumerate(seg.class_names):
+        kwargs = {"name": f"{prefix} p({name})", "colormap": "magma", **hidden}
+        layers.append((seg.probabilities[i], kwargs, "image"))
+    kwargs = {"name": f"{prefix} uncertainty", "colormap": "gray", **hidden}
+    layers.append((seg.uncertainty, kwargs, "image"))
+    return layers
+
+
 def result_layer_data(result, prefix: str | None = None) -> list[tuple]:
     """napari layer tuples (data, kwargs, kind) for a SegmentationResult or SimilarityMap —
     what the reader returns for napari-conch's own exports. Probability and uncertainty
@@ -146,32 +166,9 @@ def result_layer_data(result, prefix: str | None = None) -> list[tuple]:
             "metadata": {"napari_conch": {"result": result}},
         }
         return [(values, {**kwargs, **placement}, "image")]
-    labels = {
-        "name": f"{prefix} labels",
-        "opacity": 0.55,
-        "metadata": {"napari_conch": {"result": result, "classes": list(result.class_names)}},
-        **_labels_style(result),
-    }
-    layers = [(result.labels, {**labels, **placement}, "labels")]
-    hidden = {"visible": False, "opacity": 0.6, "contrast_limits": (0.0, 1.0), **placement}
-    for i, name in enumerate(result.class_names):
-        if np.isfinite(result.probabilities[i]).any():
-            layers.append(
-                (
-                    result.probabilities[i],
-                    {"name": f"{prefix} p({name})", "colormap": "magma", **hidden},
-                    "image",
-                )
-            )
-    if np.isfinite(result.uncertainty).any():
-        layers.append(
-            (
-                result.uncertainty,
-                {"name": f"{prefix} uncertainty", "colormap": "gray", **hidden},
-                "image",
-            )
-        )
-    return layers
+    (labels, *maps) = _segmentation_layers(result, prefix, placement)
+    labels[1].update(_labels_style(result))
+    return [labels, *(m for m in maps if np.isfinite(m[0]).any())]
 
 
 def show_segmentation(
@@ -184,66 +181,20 @@ def show_segmentation(
     ``update_hidden=False`` (live redraws) leaves existing hidden layers alone: redrawing
     what nobody sees only costs GUI time.
     """
-    placement = _placement(seg, offset_um)
     prefix = prefix or layer_prefix(seg)
-    name = f"{prefix} labels"
-    existing = _find(viewer, name, "labels")
-    style = {}
-    if (
-        existing is None
-        or existing.metadata.get("napari_conch", {}).get("classes") != seg.class_names
-    ):
-        # Colours and class names only when they change: resetting a colormap is not free.
-        style = _labels_style(seg)
-    labels = upsert(
-        viewer,
-        "labels",
-        name,
-        seg.labels,
-        metadata={"napari_conch": {"result": seg, "classes": list(seg.class_names)}},
-        opacity=0.55,
-        **style,
-        **placement,
-    )
-    layers = [labels]
-
-    def skip(name):
-        # Live redraws leave hidden (or not yet created) probability layers for the end.
-        layer = _find(viewer, name, "image")
-        return not update_hidden and (layer is None or not layer.visible)
-
-    for i, name in enumerate(seg.class_names):
-        if skip(f"{prefix} p({name})"):
-            continue
-        layers.append(
-            upsert(
-                viewer,
-                "image",
-                f"{prefix} p({name})",
-                seg.probabilities[i],
-                contrast_limits=(0.0, 1.0),
-                colormap="magma",
-                visible=False,
-                opacity=0.6,
-                **placement,
-            )
-        )
-    if skip(f"{prefix} uncertainty"):
-        return layers
-    layers.append(
-        upsert(
-            viewer,
-            "image",
-            f"{prefix} uncertainty",
-            seg.uncertainty,
-            contrast_limits=(0.0, 1.0),
-            colormap="gray",
-            visible=False,
-            opacity=0.6,
-            **placement,
-        )
-    )
-    return layers
+    shown = []
+    for data, kwargs, kind in _segmentation_layers(seg, prefix, _placement(seg, offset_um)):
+        name = kwargs.pop("name")
+        existing = _find(viewer, name, kind)
+        if kind == "labels":
+            classes = existing.metadata.get("napari_conch", {}).get("classes") if existing else None
+            if classes != seg.class_names:
+                # Colours and class names only when they change: resetting them is not free.
+                kwargs.update(_labels_style(seg))
+        elif not update_hidden and (existing is None or not existing.visible):
+            continue  # live redraws leave hidden (or not yet created) maps for the end
+        shown.append(upsert(viewer, kind, name, data, **kwargs))
+    return shown
 
 
 def show_similarity(viewer, sim, name: str | None = None, offset_um=(0.0, 0.0)):
