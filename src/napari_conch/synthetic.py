@@ -79,21 +79,18 @@ def synthetic_slide(size: int = 4096, mpp: float = 0.5, seed: int = 0) -> Synthe
                 "half_size_um": (hy * side_um, hx * side_um),
             }
         )
-    full = np.repeat(np.repeat(labels, _LABEL_DOWNSAMPLE, 0), _LABEL_DOWNSAMPLE, 1)
-    image = _COLOURS[full]  # (size, size, 3) int16
+    image = _blow_up(_COLOURS[labels], _LABEL_DOWNSAMPLE)  # (size, size, 3) int16
     # Low-frequency staining variation plus pixel noise, so tiles are not flat colour.
-    coarse = rng.normal(0, 7, size=(n // 8 + 1, n // 8 + 1, 3))
-    blotches = np.repeat(np.repeat(coarse, _LABEL_DOWNSAMPLE * 8, 0), _LABEL_DOWNSAMPLE * 8, 1)
-    image += blotches[:size, :size].astype(np.int16)
+    coarse = rng.normal(0, 7, size=(n // 8 + 1, n // 8 + 1, 3)).astype(np.int16)
+    image += _blow_up(coarse, _LABEL_DOWNSAMPLE * 8)[:size, :size]
     image += rng.integers(-9, 10, size=image.shape, dtype=np.int16)
-    _add_nuclei(image, full, mpp, rng)
+    _add_nuclei(image, labels, _LABEL_DOWNSAMPLE, mpp, rng)
     level0 = np.clip(image, 0, 255).astype(np.uint8)
     levels = [level0]
     while levels[-1].shape[0] >= 1024:
         h = levels[-1].shape[0] // 4
-        levels.append(
-            levels[-1][: h * 4, : h * 4].reshape(h, 4, h, 4, 3).mean((1, 3)).astype(np.uint8)
-        )
+        blocks = levels[-1][: h * 4, : h * 4].reshape(h, 4, h, 4, 3)
+        levels.append((blocks.sum((1, 3), dtype=np.uint16) // 16).astype(np.uint8))
     slide = Slide.from_array(
         levels,
         mpp=mpp,
@@ -103,14 +100,22 @@ def synthetic_slide(size: int = 4096, mpp: float = 0.5, seed: int = 0) -> Synthe
     return SyntheticSlide(slide, labels, _LABEL_DOWNSAMPLE, CLASS_NAMES, regions)
 
 
-def _add_nuclei(image: np.ndarray, labels: np.ndarray, mpp: float, rng) -> None:
+def _blow_up(small: np.ndarray, factor: int) -> np.ndarray:
+    """Each pixel of ``small`` as a factor × factor block (one copy; np.repeat makes two)."""
+    h, w = small.shape[:2]
+    rest = small.shape[2:]
+    blocks = np.broadcast_to(small[:, None, :, None], (h, factor, w, factor, *rest))
+    return blocks.reshape(h * factor, w * factor, *rest)
+
+
+def _add_nuclei(image: np.ndarray, labels: np.ndarray, downsample: int, mpp: float, rng) -> None:
     size = image.shape[0]
     area_mm2 = (size * mpp / 1000.0) ** 2
     count = int(max(_NUCLEI_PER_MM2) * area_mm2)
     ys = rng.integers(2, size - 3, count)
     xs = rng.integers(2, size - 3, count)
     density = np.asarray(_NUCLEI_PER_MM2, float) / max(_NUCLEI_PER_MM2)
-    keep = rng.random(count) < density[labels[ys, xs]]
+    keep = rng.random(count) < density[labels[ys // downsample, xs // downsample]]
     ys, xs = ys[keep], xs[keep]
     radius = max(1, round(3.0 / mpp))  # nuclei about 6–7 µm across
     for dy in range(-radius, radius + 1):
