@@ -73,8 +73,8 @@ def main() -> dict:
     viewer = napari.Viewer(show=True)
     viewer.open_sample("napari-conch", "synthetic")
     _, widget = nc.view(viewer=viewer, model=model, block=False)
-    widget.layer_combo.setCurrentText("synthetic slide (not real tissue)")
-    widget.overlap.setCurrentIndex(2)  # 75 %: many tiles, a long run
+    widget.choose_slide("synthetic slide (not real tissue)")
+    widget.overlap.value = 0.75  # 75 %: many tiles, a long run
     app = QApplication.instance()
     idle = measure(app, seconds=3)
     started = time.perf_counter()

@@ -40,8 +40,8 @@ def _notifications():
 def loaded(setup, qtbot):
     viewer, widget = setup
     viewer.open_sample("napari-conch", "synthetic")
-    widget.model_name.setCurrentText("conch_tiny")
-    widget.random_weights.setChecked(True)
+    widget.choose_model("conch_tiny")
+    widget.random_weights.value = True
     widget.load_model()
     _wait(qtbot, widget)
     assert widget.session.model is not None
@@ -50,9 +50,9 @@ def loaded(setup, qtbot):
 
 def test_full_flow_segment_prompt_exemplar_retrieve_call(loaded, qtbot):
     viewer, widget = loaded
-    assert "UNTRAINED" in widget.model_status.text()
-    assert widget.layer_combo.currentText().startswith("synthetic slide")
-    assert widget.mpp.value() == 0.5
+    assert "UNTRAINED" in widget.model_status.value
+    assert widget.layer_combo.value.startswith("synthetic slide")
+    assert widget.mpp.value == 0.5
 
     counting = CountingModel(widget.session.model)
     widget.set_model(counting)
@@ -66,17 +66,17 @@ def test_full_flow_segment_prompt_exemplar_retrieve_call(loaded, qtbot):
     assert list(labels.features["class"]) == ["none", "tumor", "stroma", "necrosis"]
     for name in ("tumor", "stroma", "necrosis"):
         assert f"conch p({name})" in viewer.layers
-    assert "UNTRAINED" in widget.legend.text()
+    assert "UNTRAINED" in widget.legend.value
     tiles_embedded = counting.tiles
     assert tiles_embedded == len(grid)
 
     # a prompt redraws the heatmap without any new embedding work
-    widget.prompt.setText("necrosis")
+    widget.prompt.value = "necrosis"
     qtbot.waitUntil(lambda: "conch similarity" in viewer.layers, timeout=30_000)
     _wait(qtbot, widget)
     layer = viewer.layers["conch similarity"]
     first = np.array(layer.data)
-    widget.prompt.setText("tumor cells")
+    widget.prompt.value = "tumor cells"
     qtbot.waitUntil(lambda: not np.array_equal(np.asarray(layer.data), first), timeout=30_000)
     assert viewer.layers["conch similarity"] is layer  # updated in place
     assert counting.tiles == tiles_embedded
@@ -94,19 +94,19 @@ def test_full_flow_segment_prompt_exemplar_retrieve_call(loaded, qtbot):
 
     # retrieval and the slide call
     assert widget.background_class() == "background"
-    widget.background.setCurrentText("(none)")  # no background class: any tile may be a hit
-    widget.k.setValue(5)
+    widget.background.value = "(none)"  # no background class: any tile may be a hit
+    widget.k.value = 5
     widget.run_retrieval()
     _wait(qtbot, widget)
     assert len(viewer.layers["conch retrieval"].data) == 5
     widget.step_hit(1)
-    assert widget.hit_label.text().startswith("#2 of 5")
-    widget.background.setCurrentText("background")
-    widget.top_k.setValue(3)
+    assert widget.hit_label.value.startswith("#2 of 5")
+    widget.background.value = "background"
+    widget.top_k.value = 3
     widget.run_slide_call()
     _wait(qtbot, widget)
     assert widget.call_table.rowCount() == 3  # the Segment tab's background is never a call
-    assert "UNTRAINED" in widget.call_label.text()
+    assert "UNTRAINED" in widget.call_label.value
     assert len(viewer.layers["conch evidence"].data) == 3
     assert counting.tiles == tiles_embedded
 
@@ -115,8 +115,8 @@ def test_cancel_stops_work_and_leaves_layers_consistent(loaded, qtbot):
     viewer, widget = loaded
     slow = CountingModel(widget.session.model, delay=0.3)
     widget.set_model(slow)
-    widget.batch.setValue(2)
-    widget.overlap.setCurrentIndex(1)  # 50 %: more tiles
+    widget.batch.value = 2
+    widget.overlap.value = 0.5  # 50 %: more tiles
     widget.run_segmentation()
     qtbot.waitUntil(lambda: slow.tiles >= 4, timeout=60_000)
     widget.cancel()
@@ -126,7 +126,7 @@ def test_cancel_stops_work_and_leaves_layers_consistent(loaded, qtbot):
     assert "Cancelled" in widget.status.text()
     labels = viewer.layers["conch labels"]
     assert labels.data.shape == (widget.session.grid.shape[0] + 1, widget.session.grid.shape[1] + 1)
-    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
 
 
 def test_missing_pixel_size_gives_a_notification(setup, qtbot, tiny_model):
@@ -135,43 +135,43 @@ def test_missing_pixel_size_gives_a_notification(setup, qtbot, tiny_model):
         nc.synthetic_slide(size=1024).slide.levels[0].compute(), rgb=True, name="no mpp"
     )
     widget.set_model(tiny_model)
-    assert widget.mpp_note.text().startswith("missing")
+    assert widget.mpp_note.value.startswith("missing")
     before = len(_notifications())
     widget.run_segmentation()
     messages = _notifications()[before:]
     assert any("records no pixel size" in m and "Pixel size field" in m for m in messages)
     assert not any("mpp=" in m or "--mpp" in m for m in messages), "widget words only"
     assert "conch labels" not in viewer.layers
-    widget.mpp.setValue(0.5)  # entering it makes the slide usable
+    widget.mpp.value = 0.5  # entering it makes the slide usable
     assert widget.session.source.slide.mpp == 0.5
 
 
 def test_missing_weights_give_a_notification(setup, qtbot):
     _, widget = setup
-    widget.model_name.setCurrentText("conch")
-    widget.random_weights.setChecked(False)
-    widget.checkpoint.setText("")
+    widget.choose_model("conch")
+    widget.random_weights.value = False
+    widget.checkpoint.value = ""
     before = len(_notifications())
     widget.load_model()
     _wait(qtbot, widget)
     assert any("No conch weights found" in m for m in _notifications()[before:])
-    assert widget.session.model is None and widget.load_button.isEnabled()
+    assert widget.session.model is None and widget.load_button.enabled
 
 
 def test_settings_are_remembered_but_never_the_token(make_napari_viewer, settings, tmp_path):
     viewer = make_napari_viewer()
     widget = ConchWidget(viewer, settings=settings)
-    widget.checkpoint.setText("/weights/pytorch_model.bin")
-    widget.token.setText("hf_SECRET_TOKEN_123")
-    widget.overlap.setCurrentIndex(2)
+    widget.checkpoint.value = "/weights/pytorch_model.bin"
+    widget.token.value = "hf_SECRET_TOKEN_123"
+    widget.overlap.value = 0.75
     widget.set_classes({"gland": ["gland", "crypt"], "stroma": ["stroma"]})
-    widget._save_settings()
+    widget.settings.save()
     settings.sync()
     again = ConchWidget(viewer, settings=settings)
-    assert again.checkpoint.text() == "/weights/pytorch_model.bin"
-    assert again.overlap.currentIndex() == 2
+    assert again.checkpoint.value == "/weights/pytorch_model.bin"
+    assert again.overlap.value == 0.75
     assert again.prompt_set().classes == {"gland": ["gland", "crypt"], "stroma": ["stroma"]}
-    assert again.token.text() == ""
+    assert again.token.value == ""
     assert "hf_SECRET_TOKEN_123" not in (tmp_path / "settings.ini").read_text()
 
 
@@ -182,7 +182,7 @@ def test_show_and_view(make_napari_viewer, tiny_model, tmp_path):
         synth.slide, model=tiny_model, viewer=viewer, classes=["tumor", "stroma"], block=False
     )
     assert widget.session.model is tiny_model
-    assert widget.layer_combo.currentText() == synth.slide.name
+    assert widget.layer_combo.value == synth.slide.name
     assert widget.prompt_set().names == ["tumor", "stroma"]
     emb = nc.embed(
         synth.slide, tiny_model, nc.tile_grid(synth.slide, tiny_model, tissue=False), cache=None
@@ -207,8 +207,8 @@ for _ in range(20):
 assert "torch" not in sys.modules, "this check needs the model code to load after OpenGL"
 from napari_conch._napari.widget import ConchWidget
 widget = ConchWidget(viewer)
-widget.model_name.setCurrentText("conch_tiny")
-widget.random_weights.setChecked(True)
+widget.choose_model("conch_tiny")
+widget.random_weights.value = True
 widget.load_model()
 deadline = time.time() + 120
 while widget._workers and time.time() < deadline:
@@ -240,7 +240,7 @@ def test_a_painted_labels_or_drawn_shapes_layer_restricts_the_analysis(loaded, q
     painted = np.zeros((2048, 2048), np.uint8)  # the synthetic slide at 1 µm per mask pixel
     painted[:900, :900] = 1  # the upper-left tumour region only
     viewer.add_labels(painted, name="my region", units=("micrometer", "micrometer"))
-    widget.mask_layer.setCurrentText("my region")
+    widget.mask_layer.value = "my region"
     widget.run_segmentation()
     _wait(qtbot, widget)
     grid = widget.session.grid
@@ -251,7 +251,7 @@ def test_a_painted_labels_or_drawn_shapes_layer_restricts_the_analysis(loaded, q
         shape_type="polygon",
         name="my outline",
     )
-    widget.mask_layer.setCurrentText("my outline")
+    widget.mask_layer.value = "my outline"
     widget.run_segmentation()
     _wait(qtbot, widget)
     centres = (widget.session.grid.coords + grid.tile_px / 2) * grid.mpp
@@ -295,11 +295,11 @@ def test_export_button_writes_every_format_with_painted_fixes(loaded, qtbot, tmp
     import tifffile
 
     viewer, widget = loaded
-    assert not widget.export_button.isEnabled()  # nothing to export yet
+    assert not widget.export_button.enabled  # nothing to export yet
     widget.run_segmentation()
     _wait(qtbot, widget)
-    assert widget.export_button.isEnabled()
-    widget.prompt.setText("necrosis")
+    assert widget.export_button.enabled
+    widget.prompt.value = "necrosis"
     qtbot.waitUntil(lambda: getattr(widget, "last_similarity", None) is not None, timeout=30_000)
     _wait(qtbot, widget)
     layer = viewer.layers["conch labels"]
@@ -357,7 +357,7 @@ def test_export_button_asks_for_formats_and_before_replacing(loaded, qtbot, tmp_
     out = tmp_path / "export"
     asked = {}
     monkeypatch.setattr(
-        "napari_conch._napari.widget.QFileDialog.getExistingDirectory", lambda *a: str(out)
+        "napari_conch._napari.panels.segment.QFileDialog.getExistingDirectory", lambda *a: str(out)
     )
 
     def formats(parent, selected):
@@ -366,13 +366,13 @@ def test_export_button_asks_for_formats_and_before_replacing(loaded, qtbot, tmp_
 
     monkeypatch.setattr(export_dialog, "choose_formats", formats)
     monkeypatch.setattr(export_dialog, "ask_overwrite", lambda parent, existing: None)
-    widget.export_button.click()
+    widget.export_button.native.click()
     _wait(qtbot, widget)
     assert sorted(p.name for p in out.iterdir()) == [
         "synthetic slide (not real tissue).geojson",
         "synthetic slide (not real tissue).summary.json",
     ]
-    widget.export_button.click()  # the same again: the user cancels at "files exist"
+    widget.export_button.native.click()  # the same again: the user cancels at "files exist"
     _wait(qtbot, widget)
     assert asked["formats"] == ["geojson"]  # the last choice is remembered
     assert len(list(out.iterdir())) == 2
@@ -386,18 +386,22 @@ def test_registered_models_are_listed_and_compared_side_by_side(loaded, qtbot):
     viewer, widget = loaded
     nc.register_model("colour", lambda checkpoint=None: ColourModel(), description="test")
     try:
-        widget.model_name.showPopup()  # the list is re-read from the registry when opened
-        widget.model_name.hidePopup()
-        assert widget.model_name.findText("colour") >= 0
+        from qtpy.QtCore import Qt
+
+        assert "colour" not in widget.model_name.choices
+        # the list is re-read from the registry when it opens
+        qtbot.mouseClick(widget.model_name.native, Qt.MouseButton.LeftButton)
+        widget.model_name.native.hidePopup()
+        assert "colour" in widget.model_name.choices
         widget.set_classes(["tumor", "stroma", "necrosis"])  # no synonyms: the colour model
         widget.run_segmentation()  # conch_tiny, loaded by the fixture
         _wait(qtbot, widget)
-        widget.random_weights.setChecked(False)
-        widget.model_name.setCurrentText("colour")
+        widget.random_weights.value = False
+        widget.choose_model("colour")
         widget.load_model()
         _wait(qtbot, widget)
         assert widget.session.model.name == "colour-toy"
-        assert widget.tile_um.value() == 64.0  # the model's own tile size
+        assert widget.tile_um.value == 64.0  # the model's own tile size
         widget.run_segmentation()
         _wait(qtbot, widget)
     finally:
@@ -420,15 +424,15 @@ def test_plip_folder_loads_in_the_widget(setup, qtbot, tmp_path):
 
     _viewer, widget = setup
     folder = make_plip_folder(tmp_path / "plip")
-    widget.model_name.setCurrentText("plip")
-    widget.random_weights.setChecked(False)
-    widget.checkpoint.setText(str(folder))
+    widget.choose_model("plip")
+    widget.random_weights.value = False
+    widget.checkpoint.value = str(folder)
     widget.load_model()
     _wait(qtbot, widget)
     assert widget.session.model.name == "plip"
-    assert "input 224 px at 0.5 µm/px" in widget.model_status.text()
-    assert "UNTRAINED" not in widget.model_status.text()
-    assert widget.tile_um.value() == 112.0
+    assert "input 224 px at 0.5 µm/px" in widget.model_status.value
+    assert "UNTRAINED" not in widget.model_status.value
+    assert widget.tile_um.value == 112.0
 
 
 # -- what a pathologist meets first (issue: the napari experience) ---------------------------
@@ -441,26 +445,26 @@ def toyed(setup, qtbot):
     viewer.open_sample("napari-conch", "synthetic")
     widget.set_model(nc.load_model("colour-toy"))
     widget.set_classes(["tumor", "stroma", "necrosis", "background"])
-    widget.tile_um.setValue(64.0)
+    widget.tile_um.value = 64.0
     return viewer, widget
 
 
 def test_without_weights_the_colour_toy_is_offered_and_test_models_are_not(setup):
     _, widget = setup
-    items = [widget.model_name.itemText(i) for i in range(widget.model_name.count())]
-    assert widget.model_name.currentText() == "colour-toy"  # no CONCH weights here
+    items = widget.model_name.choices
+    assert widget.model_name.value == "colour-toy"  # no CONCH weights here
     assert "conch_tiny" not in items and {"conch", "plip", "quiltnet"} <= set(items)
-    widget.model_name.setCurrentText("conch_tiny")  # still loadable by name (scripts)
-    assert widget.model_name.currentText() == "conch_tiny"
+    widget.choose_model("conch_tiny")  # still loadable by name (scripts)
+    assert widget.model_name.value == "conch_tiny"
 
 
 def test_a_failed_load_says_so_in_the_model_tab_in_its_own_words(setup, qtbot):
     _, widget = setup
-    widget.model_name.setCurrentText("conch")
-    widget.random_weights.setChecked(False)
+    widget.choose_model("conch")
+    widget.random_weights.value = False
     widget.load_model()
     _wait(qtbot, widget)
-    status = widget.model_status.text()
+    status = widget.model_status.value
     assert "Could not load conch" in status and "Loading" not in status
     messages = " ".join(_notifications())
     assert "untrained (random) weights" in messages and "Weights field" in messages
@@ -495,7 +499,7 @@ def test_maps_keep_the_users_display_settings_and_stay_under_the_points(toyed, q
     _wait(qtbot, widget)
     labels = viewer.layers["colour-toy labels"]
     assert viewer.layers.selection.active is labels  # not a hidden probability map
-    widget.prompt.setText("tumor")
+    widget.prompt.value = "tumor"
     qtbot.waitUntil(lambda: "colour-toy similarity" in viewer.layers, timeout=30_000)
     _wait(qtbot, widget)
     heat = viewer.layers["colour-toy similarity"]
@@ -503,7 +507,7 @@ def test_maps_keep_the_users_display_settings_and_stay_under_the_points(toyed, q
     heat.colormap = "viridis"
     heat.contrast_limits = (0.2, 0.6)  # the pathologist's choice
     first = np.array(heat.data)
-    widget.prompt.setText("stroma")
+    widget.prompt.value = "stroma"
     qtbot.waitUntil(lambda: not np.array_equal(np.asarray(heat.data), first), timeout=30_000)
     _wait(qtbot, widget)
     assert heat.colormap.name == "viridis"
@@ -520,8 +524,8 @@ def test_hits_are_readable_and_stepping_zooms_to_the_tile(toyed, qtbot):
     viewer, widget = toyed
     widget.run_segmentation()
     _wait(qtbot, widget)
-    widget.prompt.setText("necrosis")
-    widget.k.setValue(5)
+    widget.prompt.value = "necrosis"
+    widget.k.value = 5
     widget.run_retrieval()
     _wait(qtbot, widget)
     hits = viewer.layers["colour-toy retrieval"]  # named after the model
@@ -535,7 +539,7 @@ def test_hits_are_readable_and_stepping_zooms_to_the_tile(toyed, qtbot):
 
 def test_the_tissue_mask_is_shown_in_micrometres(toyed, qtbot):
     viewer, widget = toyed
-    widget.tissue_preview.setChecked(True)
+    widget.tissue_preview.value = True
     qtbot.waitUntil(lambda: "colour-toy tissue" in viewer.layers, timeout=30_000)
     mask = viewer.layers["colour-toy tissue"]
     assert [str(u) for u in mask.units] == ["micrometer", "micrometer"]
@@ -550,10 +554,10 @@ def test_cancel_then_run_continues_on_an_in_memory_image(toyed, qtbot):
         scale=(0.5, 0.5),
         units=("micrometer", "micrometer"),
     )
-    widget.layer_combo.setCurrentText("in memory")
+    widget.layer_combo.value = "in memory"
     slow = CountingModel(widget.session.model, delay=0.2)
     widget.set_model(slow)
-    widget.batch.setValue(4)
+    widget.batch.value = 4
     widget.run_segmentation()
     qtbot.waitUntil(lambda: slow.tiles >= 8, timeout=60_000)
     widget.cancel()
@@ -591,8 +595,62 @@ def test_keys_run_and_cancel_and_controls_explain_themselves(toyed, qtbot):
     assert widget.run_shortcut.key().toString() == "Ctrl+Return"
     assert widget.cancel_shortcut.key().toString() == "Esc"
     for control in (widget.run_button, widget.cancel_button, widget.load_button):
-        assert control.toolTip()
+        assert control.tooltip
     widget.run_shortcut.activated.emit()
     assert widget._workers  # a run started
     _wait(qtbot, widget)
     assert widget.last_segmentation is not None
+
+
+# -- panels over a session ---------------------------------------------------------------------
+
+
+def test_another_slide_leaves_nothing_of_the_last_ones_results(toyed, qtbot):
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    assert widget.export_button.enabled and widget.last_segmentation is not None
+    viewer.add_image(
+        np.zeros((512, 512, 3), np.uint8),
+        rgb=True,
+        name="other",
+        scale=(0.5, 0.5),
+        units=("micrometer", "micrometer"),
+    )
+    widget.layer_combo.value = "other"
+    # exporting now would write the first slide's map under the second one's name
+    assert not widget.export_button.enabled
+    assert widget.last_segmentation is None and widget.session.embeddings is None
+    assert widget.legend.value == ""
+
+
+def test_damaged_settings_fall_back_to_defaults(make_napari_viewer, settings):
+    for key, value in {
+        "overlap_fraction": "a lot",
+        "batch": "many",
+        "precision": "fp8",
+        "classes": "{not json",
+        "model": "no-such-model",
+    }.items():
+        settings.setValue(key, value)
+    widget = ConchWidget(make_napari_viewer(), settings=settings)
+    assert widget.overlap.value == 0.0 and widget.batch.value == 8
+    assert widget.precision.value == "auto"
+    assert widget.prompt_set().names == ["tumor", "stroma", "necrosis", "background"]
+    assert widget.background_class() == "background"
+    assert widget.model_name.value in widget.model_name.choices
+
+
+def test_gpus_are_looked_for_when_the_device_list_opens(setup, qtbot, monkeypatch):
+    from qtpy.QtCore import Qt
+
+    from napari_conch.models import device
+
+    monkeypatch.setattr(device, "available_devices", lambda: ["auto", "cpu", "cuda:0", "cuda:1"])
+    _, widget = setup
+    assert widget.device.choices == ("auto", "cpu")  # nothing looked for at docking
+    qtbot.mouseClick(widget.device.native, Qt.MouseButton.LeftButton)
+    widget.device.native.hidePopup()
+    assert widget.device.choices == ("auto", "cpu", "cuda:0", "cuda:1")
+    widget.device.value = "cuda:1"
+    assert widget.model.load_options()["device"] == "cuda:1"

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import NapariConchError
 from ..slide import Slide
+from .layers import layer_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def slide_from_layer(layer, mpp: float | None = None) -> SlideSource:
 
 @dataclass
 class Session:
-    """The widget's state between actions."""
+    """The widget's state between actions: what it works on, and what it found."""
 
     model: object | None = None
     source: SlideSource | None = None
@@ -68,10 +70,45 @@ class Session:
     tissue: object | None = None
     grid_options: dict = field(default_factory=dict)
     last_rate: float | None = None  # tiles/s seen last time, for time estimates
+    # results on this slide (what Export writes, what ◀ ▶ step through)
+    segmentation: object | None = None
+    similarity: object | None = None
+    call: object | None = None
+    hits: list = field(default_factory=list)
+    hit_index: int = -1
 
     def reset_slide(self, source: SlideSource | None) -> None:
+        """Another slide (or pixel size): nothing computed for the last one applies."""
         self.source = source
         self.grid = self.embeddings = self.tissue = None
+        self.segmentation = self.similarity = self.call = None
+        self.hits, self.hit_index = [], -1
+
+    def use_model(self, model) -> None:
+        """Another model: its embeddings differ; results made by the last one stay shown."""
+        self.model = model
+        self.grid = self.embeddings = None
+
+    def check_ready(self) -> None:
+        """Raise, in the widget's words, unless a model and a slide with µm/px are chosen."""
+        if self.model is None:
+            raise NapariConchError("Load a model first (Model tab).")
+        if self.source is None:
+            raise NapariConchError("Pick an RGB image layer first (Slide tab).")
+        self.source.slide.require_mpp("tiling the slide")
+
+    def ready_embeddings(self):
+        """The embeddings of the last run, or an error saying to run one."""
+        if self.embeddings is None or self.embeddings.n_done == 0:
+            raise NapariConchError(
+                "Run a segmentation (or embed the slide) first: there are no embeddings yet."
+            )
+        return self.embeddings
+
+    def layer_name(self, kind: str) -> str:
+        """Result layers carry the model's name ("plip retrieval"), so two models' results
+        sit side by side."""
+        return f"{layer_prefix(getattr(self.model, 'name', None))} {kind}"
 
     def estimate_seconds(self, n_tiles: int) -> float | None:
         if self.last_rate:

@@ -96,7 +96,7 @@ def view(
     viewer.window.add_dock_widget(widget, name="napari-conch", area="right")
     if slide is not None:
         layer = show(viewer, slide)
-        widget.layer_combo.setCurrentText(layer.name)
+        widget.choose_slide(layer.name)
     if results is not None:
         if isinstance(results, (str, os.PathLike)):
             from ..readback import read_results
@@ -106,7 +106,7 @@ def view(
             show(viewer, result)
     if model is not None:
         if isinstance(model, str):
-            widget.model_name.setCurrentText(model)
+            widget.choose_model(model)
             widget.load_model()
         else:
             widget.set_model(model)

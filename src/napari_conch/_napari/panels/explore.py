@@ -1,0 +1,173 @@
+"""Explore tab: similarity to typed text or to exemplar points, and the top tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import Label, LineEdit, PushButton, SpinBox
+from qtpy.QtCore import QTimer
+
+from ...errors import NapariConchError
+from ..layers import camera, show_similarity, show_tiles
+from ._forms import form, page, row
+
+PROMPT_DEBOUNCE_MS = 350
+
+
+class ExplorePanel:
+    """Heatmaps and retrieval over the embeddings the last run made (nothing re-embedded)."""
+
+    def __init__(self, viewer, session, runner, segment_panel):
+        self.viewer = viewer
+        self.session = session
+        self.runner = runner
+        self.segment_panel = segment_panel
+        self._prompt_seq = 0
+
+        self.prompt = LineEdit(label="Prompt", tooltip="The map redraws as you type")
+        self.prompt.native.setPlaceholderText("type a description, e.g. mitotic figure")
+        self.prompt.changed.connect(lambda _text: self._debounce.start())
+        self.negative = LineEdit(label="Minus")
+        self.negative.native.setPlaceholderText("optional: subtract this prompt")
+        self.negative.changed.connect(lambda _text: self._debounce.start())
+        self.exemplar_button = PushButton(
+            text="Exemplar points",
+            tooltip="Add points on tissue: the map shows tiles that look alike",
+        )
+        self.exemplar_button.changed.connect(self.start_exemplars)
+        self.k = SpinBox(min=1, max=500, value=20, tooltip="How many tiles to list")
+        find = PushButton(text="Find top tiles", tooltip="The tiles most like the prompt")
+        find.changed.connect(self.run_retrieval)
+        previous = PushButton(text="◀", tooltip="Previous hit: centre and zoom on it")
+        previous.changed.connect(lambda: self.step_hit(-1))
+        following = PushButton(text="▶", tooltip="Next hit: centre and zoom on it")
+        following.changed.connect(lambda: self.step_hit(1))
+        self.hit_label = Label(value="")
+        self.form = form(
+            self.prompt,
+            self.negative,
+            self.exemplar_button,
+            row(self.k, find, label="Top-k"),
+            row(previous, following, self.hit_label),
+        )
+        self.native = page(self.form)
+        # typing redraws once the typist pauses (the timer dies with the panel)
+        self._debounce = QTimer(self.native)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(PROMPT_DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.update_similarity)
+
+    def update_similarity(self):
+        """Redraw the similarity heatmap for the prompt box (no re-embedding)."""
+        from ...zeroshot import similarity_map
+
+        text = self.prompt.value.strip()
+        if not text:
+            return None
+        try:
+            emb = self.session.ready_embeddings()
+        except NapariConchError as exc:
+            self.runner.say(str(exc))
+            return None
+        negative = self.negative.value.strip() or None
+        self._prompt_seq += 1
+        seq = self._prompt_seq
+
+        def shown(sim):
+            if seq == self._prompt_seq:  # a newer prompt was typed meanwhile: drop this one
+                self.session.similarity = sim
+                show_similarity(self.viewer, sim, offset_um=self.session.source.offset_um)
+
+        return self.runner.start(
+            similarity_map, emb, self.session.model, text=text, negative=negative, on_return=shown
+        )
+
+    def start_exemplars(self) -> None:
+        """Add (or select) the exemplar Points layer; each change redraws the exemplar map."""
+        name = self.session.layer_name("exemplars")
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+        else:
+            layer = self.viewer.add_points(
+                np.zeros((0, 2)),
+                name=name,
+                size=20,
+                face_color="cyan",
+                units=("micrometer", "micrometer"),
+            )
+            layer.events.data.connect(lambda _event: self.update_exemplar())
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add"
+        self.runner.say("Click on tissue to add exemplar points.")
+
+    def update_exemplar(self):
+        from ...zeroshot import similarity_map
+
+        name = self.session.layer_name("exemplars")
+        if name not in self.viewer.layers or len(self.viewer.layers[name].data) == 0:
+            return None
+        layer = self.viewer.layers[name]
+        try:
+            emb = self.session.ready_embeddings()
+            oy, ox = self.session.source.offset_um
+            points = [(float(y) - oy, float(x) - ox) for y, x in np.asarray(layer.data)[:, -2:]]
+            sim = similarity_map(emb, self.session.model, exemplar=points)
+        except Exception as exc:
+            self.runner.error(exc)
+            return None
+        return show_similarity(
+            self.viewer,
+            sim,
+            self.session.layer_name("exemplar similarity"),
+            self.session.source.offset_um,
+        )
+
+    def run_retrieval(self):
+        from ...zeroshot import retrieve
+
+        text = self.prompt.value.strip()
+        if not text:
+            self.runner.say("Type a prompt in the box above first.")
+            return None
+        try:
+            emb = self.session.ready_embeddings()
+            background = self.segment_panel.background_class()
+            if background is not None:  # its phrases compete with the prompt, as in the map
+                classes = self.segment_panel.prompt_set().classes
+                background = classes.get(background, [background])
+        except (NapariConchError, ValueError) as exc:
+            self.runner.error(exc)
+            return None
+
+        def shown(result):
+            s = self.session
+            s.hits, s.hit_index = [vars(hit) for hit in result.hits], -1
+            show_tiles(self.viewer, s.hits, s.layer_name("retrieval"), s.source.offset_um)
+            self.step_hit(1)
+
+        return self.runner.start(
+            retrieve,
+            emb,
+            self.session.model,
+            text,
+            int(self.k.value),
+            background=background,
+            on_return=shown,
+        )
+
+    def step_hit(self, step: int) -> None:
+        """Centre on the next (or previous) hit and zoom so it fills about a third of the view."""
+        s = self.session
+        if not s.hits:
+            return
+        s.hit_index = (s.hit_index + step) % len(s.hits)
+        hit = s.hits[s.hit_index]
+        oy, ox = s.source.offset_um
+        cam = camera(self.viewer)
+        cam.center = (
+            hit["y_um"] + hit["size_um"] / 2 + oy,
+            hit["x_um"] + hit["size_um"] / 2 + ox,
+        )
+        canvas = getattr(getattr(self.viewer, "window", None), "_qt_viewer", None)
+        size = getattr(getattr(canvas, "canvas", None), "size", None) or (600, 600)
+        cam.zoom = min(size) / (3.0 * float(hit["size_um"]))
+        self.hit_label.value = f"#{s.hit_index + 1} of {len(s.hits)} · score {hit['score']:.3f}"
