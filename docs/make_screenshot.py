@@ -1,10 +1,16 @@
-"""Regenerate docs/images/screenshot.png: the docked widget over a segmented slide.
+"""Regenerate the napari pictures of the docs: a first session, one picture per tab.
+
+Writes docs/images/screenshot.png (the whole window over a segmented slide) and
+docs/images/tab-<name>.png (the widget at each step of docs/napari.md's walkthrough). It
+drives the widget the way a pathologist does — pick the model, load it, choose the slide,
+run, type a prompt, find tiles, call the slide — through the same controls, then grabs
+the widget.
 
 Runs napari under a virtual display (re-executes itself with ``xvfb-run`` when there is no
-display). CONCH's weights are gated and not available to CI, so the picture uses the
+display). CONCH's weights are gated and not available to CI, so the session uses the
 synthetic sample slide and the colour toy (``load_model("colour-toy")``, a demonstration
-model that tells the synthetic slide's colours apart) — the same widget and code paths; the
-caption in the README says so.
+model that tells the synthetic slide's colours apart) — the same widget and code paths;
+the captions say so.
 
     python docs/make_screenshot.py
 """
@@ -20,7 +26,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "images" / "screenshot.png"
+IMAGES = HERE / "images"
+OUT = IMAGES / "screenshot.png"
+SLIDE = "synthetic slide (not real tissue)"
 
 
 def main() -> None:
@@ -35,43 +43,94 @@ def main() -> None:
     # torch (the models) before napari starts OpenGL, or triton can crash it (see view.py)
     importlib.import_module("napari_conch.models.conch")
     import napari
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtCore import QSettings
 
     import napari_conch as nc
 
+    IMAGES.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(title="napari-conch")
     viewer.window.resize(1500, 900)
     viewer.open_sample("napari-conch", "synthetic")
     viewer.layers["synthetic ground truth"].visible = False
-    _, widget = nc.view(
-        viewer=viewer,
-        model=nc.load_model("colour-toy"),
-        block=False,
-        classes={
-            "tumor": ["tumor"],
-            "stroma": ["stroma"],
-            "necrosis": ["necrosis"],
-            "background": ["background"],
-        },
-    )
-    widget.layer_combo.setCurrentText("synthetic slide (not real tissue)")
-    widget.tile_um.setValue(32.0)
-    widget.overlap.setCurrentIndex(1)
-    widget.tabs.setCurrentIndex(2)
+    from napari_conch._napari.widget import ConchWidget
+
+    # fresh settings: the pictures show the defaults, not this machine's last session
+    store = QSettings(str(IMAGES / ".screenshot-settings.ini"), QSettings.Format.IniFormat)
+    store.clear()
+    widget = ConchWidget(viewer, settings=store)
+    viewer.window.add_dock_widget(widget, name="napari-conch", area="right")
+    widget.setMinimumWidth(520)
+
+    # 1. Model: the colour toy (offered first when no CONCH weights are found), loaded
+    show(widget, "Model")
+    widget.choose_model("colour-toy")
+    widget.load_model()
+    settle(widget)
+    grab(widget, "model")
+
+    # 2. Slide: the sample layer, small tiles for a quick run, tissue shown, estimate
+    show(widget, "Slide")
+    widget.choose_slide(SLIDE)
+    widget.tile_um.value = 32.0
+    widget.overlap.value = 0.5
+    widget.estimate_work()
+    settle(widget)
+    grab(widget, "slide")
+
+    # 3. Segment: the classes, Run; the map lands on the slide
+    show(widget, "Segment")
+    widget.set_classes(["tumor", "stroma", "necrosis", "background"])
     widget.run_segmentation()
-    deadline = time.monotonic() + 300
-    while widget._workers and time.monotonic() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.02)
+    settle(widget)
     viewer.reset_view()
     viewer.layers.selection.active = viewer.layers["colour-toy labels"]  # named after the model
-    for _ in range(100):
-        QApplication.processEvents()
-        time.sleep(0.02)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
+    settle(widget, frames=100)
+    grab(widget, "segment")
     viewer.screenshot(str(OUT), canvas_only=False)
     print(f"wrote {OUT}")
+
+    # 4. Explore: a typed prompt's heatmap, then the top tiles
+    show(widget, "Explore")
+    widget.prompt.value = "necrosis"
+    settle(widget, until=lambda: widget.last_similarity is not None)
+    widget.k.value = 5
+    widget.run_retrieval()
+    settle(widget)
+    grab(widget, "explore")
+
+    # 5. Slide call
+    show(widget, "Slide call")
+    widget.top_k.value = 10
+    widget.run_slide_call()
+    settle(widget)
+    grab(widget, "call")
     viewer.close()
+    nc  # noqa: B018 (imported for its side effects: the reader and sample are registered)
+    (IMAGES / ".screenshot-settings.ini").unlink(missing_ok=True)
+
+
+def show(widget, title: str) -> None:
+    tabs = widget.tabs
+    tabs.setCurrentIndex(next(i for i in range(tabs.count()) if tabs.tabText(i) == title))
+
+
+def settle(widget, frames: int = 30, until=lambda: True, timeout: float = 300.0) -> None:
+    """Let the workers finish and the GUI draw."""
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout
+    while (widget._workers or not until()) and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    for _ in range(frames):
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def grab(widget, name: str) -> None:
+    path = IMAGES / f"tab-{name}.png"
+    widget.grab().save(str(path))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
