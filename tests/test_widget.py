@@ -654,3 +654,13 @@ def test_gpus_are_looked_for_when_the_device_list_opens(setup, qtbot, monkeypatc
     assert widget.device.choices == ("auto", "cpu", "cuda:0", "cuda:1")
     widget.device.value = "cuda:1"
     assert widget.model.load_options()["device"] == "cuda:1"
+
+
+def test_unknown_cannot_replace_a_recorded_pixel_size_and_the_toy_says_what_it_is(toyed):
+    _, widget = toyed
+    assert "not a pathology model" in widget.model_status.value
+    widget.mpp.value = 0.0  # "unknown" on a slide that records 0.5 µm/px
+    assert widget.mpp.value == 0.5 and widget.session.source.slide.mpp == 0.5
+    assert "records 0.5" in widget.status.text()
+    widget.mpp.value = 0.25  # an override is still possible
+    assert widget.session.source.slide.mpp == 0.25

@@ -359,3 +359,13 @@ def test_class_colours_are_a_function_of_the_names():
     assert len(set(first.values())) == len(names)  # distinct within one set
     assert class_colors(["Tumor ", "stroma"])["Tumor "] == class_colors(["tumor"])["tumor"]
     assert class_colors(names, {"fat": "#00ff00"})["fat"] == (0.0, 1.0, 0.0, 1.0)
+
+
+def test_common_classes_keep_qupaths_colours_in_any_set():
+    from napari_conch.zeroshot import class_colors
+
+    alone = class_colors(["Tumour"])["Tumour"]
+    in_set = class_colors(["necrosis", "stroma", "tumor", "background"])
+    assert alone == in_set["tumor"] == (round(200 / 255, 4), 0.0, 0.0, 1.0)
+    colours = list(class_colors(["tumor", "stroma", "necrosis", "gland", "mucin"]).values())
+    assert len(set(colours)) == len(colours)  # never two classes in one colour

@@ -57,6 +57,17 @@ PALETTE: tuple[tuple[float, float, float, float], ...] = (
     (0.00, 0.75, 0.75, 1.0),  # teal
     (0.50, 0.50, 0.50, 1.0),  # grey
 )
+# Classes pathologists meet everywhere keep QuPath's default colours (the convention their
+# other tool uses), and keep them in any set of classes; the palette slot each resembles is
+# left to the other classes. Names compare lower-cased, "tumour" as "tumor".
+CONVENTIONAL_COLORS: dict[str, tuple[tuple[int, int, int], int | None]] = {
+    "tumor": ((200, 0, 0), 0),
+    "stroma": ((150, 200, 150), 2),
+    "immune cells": ((160, 90, 160), 4),
+    "necrosis": ((50, 50, 50), None),
+    "other": ((255, 200, 0), 5),
+    "background": ((180, 180, 180), 9),
+}
 
 
 # -- results --------------------------------------------------------------------------------
@@ -673,14 +684,26 @@ def _tile_record(emb: Embeddings, position: int, score: float, coords: np.ndarra
 
 def class_colors(names: Sequence[str], overrides: dict | None = None) -> dict[str, tuple]:
     """A fixed colour per class name, the same in every session and whatever the classes'
-    order: each name has a palette colour of its own (from a digest of the lower-cased
-    name); when two classes of the set want the same one, the later in alphabetical order
-    takes the next free. ``overrides`` (name → RGBA 0–1 or "#rrggbb") win."""
+    order. Common classes (tumor, stroma, necrosis, immune cells, other, background) have
+    QuPath's colours; any other name has a palette colour of its own (from a digest of the
+    lower-cased name); when two classes of the set want the same one, the later in
+    alphabetical order takes the next free. ``overrides`` (name → RGBA 0–1 or "#rrggbb")
+    win."""
     import hashlib
 
     chosen: dict[str, tuple] = {}
     taken: set[int] = set()
     for name in sorted(names, key=lambda n: (n.lower(), n)):
+        key = name.strip().lower().replace("tumour", "tumor")
+        if key in CONVENTIONAL_COLORS and not any(
+            c == CONVENTIONAL_COLORS[key][0] for c in chosen.values()
+        ):
+            rgb, slot = CONVENTIONAL_COLORS[key]
+            chosen[name] = (*(round(v / 255, 4) for v in rgb), 1.0)
+            taken |= {slot} if slot is not None else set()
+    for name in sorted(names, key=lambda n: (n.lower(), n)):
+        if name in chosen:
+            continue
         digest = hashlib.blake2b(name.strip().lower().encode(), digest_size=4).digest()
         index = int.from_bytes(digest, "big") % len(PALETTE)
         for step in range(len(PALETTE)):

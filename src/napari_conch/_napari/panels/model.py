@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 
 from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit, Password, PushButton
 from qtpy.QtCore import Qt
@@ -194,6 +195,8 @@ class ModelPanel:
         )
         geometry = f"input {model.input_size} px at {model.target_mpp} µm/px"
         kind = "trained" if trained else "untrained"
+        about = getattr(model, "description", None)  # e.g. the colour toy says what it is
+        note = f"<br><i>{html.escape(about)}</i>" if about else ""
         self.model_status.value = (
-            f"<b>{model.name}</b>{where} · {geometry} · {kind} weights{warning}"
+            f"<b>{model.name}</b>{where} · {geometry} · {kind} weights{warning}{note}"
         )

@@ -137,8 +137,16 @@ class SlidePanel:
         name = self.layer_combo.value
         if not name or name not in self.viewer.layers:
             return
-        self.session.reset_slide(slide_from_layer(self.viewer.layers[name], mpp=value or None))
+        layer = self.viewer.layers[name]
+        if not value:  # "unknown" cannot replace a size the file records: show it again
+            recorded = slide_from_layer(layer).slide.mpp
+            if recorded:
+                self._on_layer_changed(name)
+                self.runner.say(f"The slide records {recorded:g} µm/px; type another to override.")
+                return
+        self.session.reset_slide(slide_from_layer(layer, mpp=value or None))
         self.mpp_note.value = "entered by you" if value else "missing — enter the pixel size"
+        self.estimate.value = ""
         self.on_slide()
 
     def invalidate_grid(self, *_args) -> None:
