@@ -60,3 +60,69 @@ def test_embed_slides_validates_its_input(tmp_path):
     assert embed_slides([], SPEC, cache=tmp_path) == []
     with pytest.raises(ValueError, match="shared by the workers"):
         embed_slides(["x.svs"], SPEC, cache=None)
+
+
+@pytest.mark.slow
+def test_one_slide_across_two_workers_equals_a_local_run_and_survives_a_killed_worker(
+    tiny_model, tmp_path
+):
+    """embed(client=): the tiles of one slide split over two worker processes, one of
+    them killed mid-run; the store ends complete, with a local run's features."""
+    import os
+    import signal
+
+    from dask.distributed import Client, LocalCluster
+
+    synth = nc.synthetic_slide(size=2048, seed=21)
+    path = tmp_path / "big.svs"
+    write_svs(path, [lv.compute() for lv in synth.slide.levels], mpp=0.5, tile=256)
+    model = nc.load_model(**SPEC)  # remembers how to load it: workers build their own
+    grid = nc.tile_grid(path, model, overlap=0.75)
+    steps, killed = [], []
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+
+        def progress(done, total, rate):
+            steps.append(done)
+            if len(steps) == 3 and not killed:  # a shard or two in: one worker dies
+                victim = max(pids.values())
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+
+        result = nc.embed(
+            path,
+            model,
+            grid,
+            cache=tmp_path / "cache",
+            client=client,
+            progress=progress,
+            batch_size=2,
+        )
+        assert killed and len(client.run(lambda: 1)) >= 1
+    assert result.complete and len(result) == len(grid) > 100
+    assert steps == sorted(steps) and steps[-1] == len(grid)
+    local = nc.embed(path, tiny_model, grid, cache=None)
+    np.testing.assert_allclose(result.features, local.features, rtol=0, atol=1e-6)
+    again = nc.embed(path, tiny_model, grid, cache=tmp_path / "cache")  # the same store
+    assert again.store_path == result.store_path and again.complete
+
+
+def test_embed_with_a_client_needs_a_file_a_cache_and_a_loadable_model(tmp_path, tiny_model):
+    from napari_conch.distributed import model_spec
+
+    synth = nc.synthetic_slide(size=512)
+    with pytest.raises(ValueError, match="opened from a file"):
+        nc.embed(synth.slide, tiny_model, client=object(), cache=tmp_path)
+    with pytest.raises(ValueError, match="region_only"):
+        nc.embed(synth.slide, tiny_model, client=object(), region=(0, 0, 1, 1), region_only=True)
+    assert model_spec(tiny_model)["name"] == "conch_tiny"
+    assert "token" not in nc.load_model("conch_tiny", checkpoint="random", token="hf_x").load_spec
+
+    class Homemade:
+        pass
+
+    with pytest.raises(TypeError, match="load_model"):
+        model_spec(Homemade())

@@ -78,6 +78,16 @@ def _slide_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cache", default="auto", help="embedding cache folder, 'auto' (default) or 'none'"
     )
+    group.add_argument(
+        "--exact-decode",
+        action="store_const",
+        const="exact",
+        default="fast",
+        dest="decode",
+        help="decode JPEG tiles in full and resize them as the reference does, instead of "
+        "decoding them 2-8× smaller when the model reads a coarser resolution (slower; "
+        "cached apart)",
+    )
 
 
 def _prompt_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -543,12 +553,18 @@ def _embed(path, model, args):
         slide, model, tile_um=args.tile_um, overlap=args.overlap or None, min_tissue=args.min_tissue
     )
     emb = _embed_grid(
-        slide, model, grid, cache=_cache(args), batch_size=args.batch_size, quiet=args.quiet
+        slide,
+        model,
+        grid,
+        cache=_cache(args),
+        batch_size=args.batch_size,
+        quiet=args.quiet,
+        decode=getattr(args, "decode", "fast"),
     )
     return slide, emb
 
 
-def _embed_grid(slide, model, grid, *, cache, batch_size=None, quiet=False):
+def _embed_grid(slide, model, grid, *, cache, batch_size=None, quiet=False, decode="fast"):
     """Embed ``grid`` with a progress bar on stderr (log lines print above it)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -563,7 +579,15 @@ def _embed_grid(slide, model, grid, *, cache, batch_size=None, quiet=False):
 
     try:
         with logging_redirect_tqdm():
-            return embed(slide, model, grid, cache=cache, progress=progress, batch_size=batch_size)
+            return embed(
+                slide,
+                model,
+                grid,
+                cache=cache,
+                progress=progress,
+                batch_size=batch_size,
+                decode=decode,
+            )
     finally:
         bar.close()
 
@@ -827,6 +851,7 @@ def _embed_distributed(args) -> int:
             mpp=args.mpp,
             batch_size=args.batch_size,
             progress=lambda d, t: print(f"{d}/{t} slides done", file=sys.stderr),
+            decode=args.decode,
             **grid,
         )
     finally:

@@ -1,6 +1,7 @@
-"""Many slides on a dask.distributed cluster.
+"""Many slides — or one huge slide — on a dask.distributed cluster.
 
-:func:`embed_slides` sends slides — and shards of very large slides — to the workers of a
+:func:`embed_on_cluster` (``embed(..., client=)``) splits the tiles of one slide across the
+workers; :func:`embed_slides` sends slides — and shards of very large slides — to the workers of a
 ``dask.distributed`` client: a LocalCluster by default, or any scheduler you connect to (a GPU
 cluster with dask-cuda, SLURM or PBS with dask-jobqueue, Kubernetes). Each worker process
 loads the model once and keeps it; features land in the same cache stores a local
@@ -48,7 +49,7 @@ def worker_model(spec):
         return model
 
 
-def _plan(path, model_spec, mpp, grid_options, cache):
+def _plan(path, model_spec, mpp, grid_options, cache, decode="fast"):
     """Worker task: open the slide, lay out the grid, open its store (the engine's first
     step, nothing computed); report what is left."""
     from .engine import embed_steps
@@ -58,22 +59,141 @@ def _plan(path, model_spec, mpp, grid_options, cache):
     slide = open_slide(path, mpp=mpp)
     model = worker_model(model_spec)
     grid = tile_grid(slide, model, **grid_options)
-    steps = embed_steps(slide, model, grid, cache=cache)
+    steps = embed_steps(slide, model, grid, cache=cache, decode=decode)
     live = next(steps)
     steps.close()
     todo = np.flatnonzero(~live.done)
     return {"path": str(path), "store": str(live.store_path), "grid": grid, "todo": todo}
 
 
-def _embed_part(path, model_spec, mpp, grid, cache, tiles, batch_size):
-    """Worker task: embed some tiles of one slide into its store."""
+def _embed_part(path, model_spec, mpp, grid, cache, tiles, batch_size, decode="fast"):
+    """Worker task: embed some tiles of one slide into its store. A task that runs again
+    (its worker died) computes only the tiles the store does not have yet."""
     from .engine import embed
     from .slide import open_slide
 
     slide = open_slide(path, mpp=mpp)
     model = worker_model(model_spec)
-    result = embed(slide, model, grid, cache=cache, tiles=tiles, batch_size=batch_size)
+    result = embed(
+        slide, model, grid, cache=cache, tiles=tiles, batch_size=batch_size, decode=decode
+    )
     return int(result.done[tiles].sum()) if len(tiles) else 0
+
+
+def model_spec(model) -> dict:
+    """How workers load ``model``: a name, load_model keywords, or a model that
+    :func:`~napari_conch.load_model` made (it remembers how, without the token)."""
+    if isinstance(model, str):
+        return {"name": model}
+    if isinstance(model, dict):
+        return dict(model)
+    spec = getattr(model, "load_spec", None)
+    if not isinstance(spec, dict):
+        raise TypeError(
+            f"Workers cannot rebuild this {type(model).__name__}: pass a model made by "
+            "load_model, or how to load it (a name or load_model keywords, e.g. "
+            '{"name": "conch", "checkpoint": "/shared/pytorch_model.bin"}).'
+        )
+    return dict(spec)
+
+
+def embed_on_cluster(
+    slide,
+    model,
+    grid=None,
+    *,
+    client,
+    cache="auto",
+    region=None,
+    tiles=None,
+    batch_size: int | None = None,
+    decode: str = "fast",
+    shard_tiles: int | None = None,
+    progress=None,
+    cancel=None,
+):
+    """Embed one slide with every worker of ``client`` (what ``embed(..., client=)`` does).
+
+    The tiles still to do are cut into shards (``shard_tiles``; default: about four per
+    worker, at least 16 tiles) that workers embed into the slide's one cache store, each
+    with its own copy of the model (one per GPU with dask-cuda's LocalCUDACluster). The
+    features are those of a local run. A worker that dies loses at most its batch in
+    flight: dask gives its shard to another worker, which skips the tiles already stored.
+    ``region`` orders the shards (tiles in it first). Returns the slide's Embeddings.
+    """
+    try:
+        from dask.distributed import as_completed
+    except ImportError as exc:  # pragma: no cover - distributed is in the test extra
+        raise ImportError(INSTALL_HINT) from exc
+    import time
+
+    from .embeddings import Embeddings
+    from .engine import _cancelled, _order, embed_steps
+    from .slide import as_slide
+    from .store import cache_root
+    from .tiling import tile_grid
+
+    slide = as_slide(slide)
+    if slide.path is None:
+        raise ValueError(
+            f"embed(client=...) needs a slide opened from a file: the workers open "
+            f"{slide.name} themselves. Embed an in-memory image without client=."
+        )
+    if cache is None or cache is False:
+        raise ValueError("embed(client=...) writes to a cache the workers share; give cache=.")
+    spec = model_spec(model)
+    if isinstance(model, (str, dict)):
+        model = worker_model(spec)
+    cache = str(cache_root(cache))  # resolve "auto" here: every worker uses this folder
+    grid = grid if grid is not None else tile_grid(slide, model)
+    mpp = slide.mpp if slide.metadata.get("mpp_source") == "argument" else None
+
+    steps = embed_steps(slide, model, grid, cache=cache, decode=decode)
+    live = next(steps)  # the store, opened or created here once; nothing computed
+    steps.close()
+    order = _order(grid, region, False, tiles)
+    todo = order[~live.done[order]]
+    total, already = len(order), len(order) - len(todo)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    size = int(shard_tiles or max(16, -(-len(todo) // (4 * n_workers))))
+    futures = [
+        client.submit(
+            _embed_part,
+            str(slide.path),
+            spec,
+            mpp,
+            grid,
+            cache,
+            todo[start : start + size],
+            batch_size,
+            decode,
+            pure=False,
+        )
+        for start in range(0, len(todo), size)
+    ]
+    logger.info(
+        "%s: %d tiles to embed in %d shards on %d workers",
+        slide.name,
+        len(todo),
+        len(futures),
+        n_workers,
+    )
+    started, done = time.perf_counter(), already
+    if progress is not None:
+        progress(done, total, 0.0)
+    try:
+        for future in as_completed(futures):
+            done += future.result()  # re-raises a worker's error here
+            if progress is not None:
+                rate = (done - already) / max(time.perf_counter() - started, 1e-9)
+                progress(min(done, total), total, rate)
+            if _cancelled(cancel):
+                break
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    result = Embeddings.open(live.store_path, model=model)
+    result.cancelled = _cancelled(cancel) and not result.done[order].all()
+    return result
 
 
 def embed_slides(
@@ -86,6 +206,7 @@ def embed_slides(
     shard_tiles: int = 5000,
     batch_size: int | None = None,
     progress=None,
+    decode: str = "fast",
     **grid_options,
 ) -> list:
     """Embed many slides on a dask.distributed cluster; returns their :class:`Embeddings`.
@@ -107,6 +228,8 @@ def embed_slides(
         Slides with more tiles to do than this are split into shards of this size, so one
         huge slide also spreads over workers.
     progress : callable(done_slides, total_slides), optional
+    decode : {"fast", "exact"}
+        As for :func:`~napari_conch.embed`.
     **grid_options
         ``tile_um``, ``stride_um``, ``overlap``, ``tissue``, ``min_tissue`` for
         :func:`~napari_conch.tile_grid`.
@@ -132,7 +255,7 @@ def embed_slides(
     try:
         plans = client.gather(
             [
-                client.submit(_plan, p, model_spec, mpp, grid_options, cache, pure=False)
+                client.submit(_plan, p, model_spec, mpp, grid_options, cache, decode, pure=False)
                 for p in paths
             ]
         )
@@ -151,6 +274,7 @@ def embed_slides(
                     cache,
                     tiles,
                     batch_size,
+                    decode,
                     pure=False,
                 )
                 parts.append((plan["path"], future))

@@ -57,6 +57,8 @@ class Embeddings:
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise CacheError(f"{path} is not a napari-conch embedding store ({exc}).") from exc
         metadata = {k: attrs.get(k) for k in ("model", "slide", "grid", "created", "signature")}
+        if attrs.get("decode"):
+            metadata["decode"] = attrs["decode"]
         return cls(features, done, grid, metadata, store_path=path, model=model)
 
     def refresh(self) -> Embeddings:

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 from .embeddings import Embeddings
 from .protocol import check_model, is_trained, weights_hash
 from .slide import Slide, as_slide
-from .store import EmbeddingStore, cache_root, describe, slide_fingerprint
+from .store import EmbeddingStore, cache_root, decode_label, describe, slide_fingerprint
 from .tiling import TileGrid, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def embed(
     prefetch: int = 2,
     dtype: str = "float32",
     on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    decode: str = "fast",
+    client=None,
 ) -> Embeddings:
     """Embed the tiles of ``slide`` with ``model`` (pre-projection features), cached.
 
@@ -103,12 +106,42 @@ def embed(
         Storage type of the cached features.
     on_batch : callable(positions, features), optional
         Called with every finished batch (for progressive display).
+    decode : {"fast", "exact"}
+        "fast" (default): when the level read is at least twice as fine as the model's
+        input (e.g. 0.25 µm/px for CONCH's 0.5) and stores JPEG tiles, decode them 2, 4 or
+        8 times smaller in the DCT domain instead of decoding in full and resizing.
+        "exact": always decode in full and resize (bicubic, antialiased) as the reference
+        preprocessing does. The two give slightly different pixels, so they are cached
+        apart; docs/embedding.md reports the differences.
+    client : dask.distributed.Client, optional
+        Split the slide's tiles across the client's workers (each loads its own copy of the
+        model; ``model`` may also be a name or load_model keywords), all writing to the
+        same cache; see :func:`napari_conch.distributed.embed_on_cluster`. Needs a slide
+        file and a cache the workers share.
 
     Returns
     -------
     Embeddings
         ``complete`` is False when the run was cancelled or restricted to part of the grid.
     """
+    if client is not None:
+        if region_only or on_batch is not None:
+            raise ValueError("embed(client=...) takes neither region_only nor on_batch.")
+        from .distributed import embed_on_cluster
+
+        return embed_on_cluster(
+            slide,
+            model,
+            grid,
+            client=client,
+            cache=cache,
+            region=region,
+            tiles=tiles,
+            batch_size=batch_size,
+            decode=decode,
+            progress=progress,
+            cancel=cancel,
+        )
     steps = embed_steps(
         slide,
         model,
@@ -122,6 +155,7 @@ def embed(
         workers=workers,
         prefetch=prefetch,
         dtype=dtype,
+        decode=decode,
     )
     next(steps)  # the live Embeddings, returned filled at the end
     while True:
@@ -161,6 +195,7 @@ def embed_steps(
     prefetch: int = 2,
     dtype: str = "float32",
     resume: Embeddings | None = None,
+    decode: str = "fast",
 ):
     """:func:`embed` as a generator — the one engine path the CLI, the widget and the
     cluster code share.
@@ -176,17 +211,19 @@ def embed_steps(
     check_model(model)
     grid = grid if grid is not None else tile_grid(slide, model)
     _check_grid(slide, grid)
+    reduce = decode_reduction(slide, grid, model, decode)
 
-    if (cache is None or cache is False) and _continues(resume, grid, model):
+    if (cache is None or cache is False) and _continues(resume, grid, model, reduce):
         store, live = None, resume
         live.cancelled = False
     elif cache is None or cache is False:
         store = None
-        metadata = describe(slide, model, grid, slide_fingerprint(slide))
+        label = decode_label(reduce) if reduce != 1 else None
+        metadata = describe(slide, model, grid, slide_fingerprint(slide), label)
         features = np.full((len(grid), int(model.embed_dim)), np.nan, np.float32)
         live = Embeddings(features, np.zeros(len(grid), bool), grid, metadata, model=model)
     else:
-        store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid, dtype)
+        store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid, dtype, reduce)
         live = store.load(model=model)
     yield live
 
@@ -224,7 +261,7 @@ def embed_steps(
     computed = 0
     try:
         for positions, out, computed, rate in _run(
-            slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel
+            slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, reduce
         ):
             yield Progress(min(total, already + computed), total, rate, positions, out)
     finally:
@@ -239,12 +276,32 @@ def embed_steps(
     return live
 
 
-def _continues(previous, grid: TileGrid, model) -> bool:
+DECODE_MODES = ("fast", "exact")
+
+
+def decode_reduction(slide, grid: TileGrid, model, decode: str = "fast") -> int:
+    """How many times smaller tiles are decoded: the largest factor the level offers that
+    keeps them at least the model's input size (1: decode in full, then resize)."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}.")
+    if decode == "exact":
+        return 1
+    size = int(model.input_size)
+    fitting = [f for f in slide.reduced_factors(grid.level) if grid.read_px >= f * size]
+    return max(fitting, default=1)
+
+
+def _continues(previous, grid: TileGrid, model, reduce: int = 1) -> bool:
     """Whether an earlier in-memory run can be continued: same grid, same weights."""
     if previous is None or previous.store_path is not None:
         return False
     made_with = (previous.metadata.get("model") or {}).get("weights_hash")
-    return previous.grid.signature() == grid.signature() and made_with == weights_hash(model)
+    decoded = previous.metadata.get("decode") or decode_label(1)
+    return (
+        previous.grid.signature() == grid.signature()
+        and made_with == weights_hash(model)
+        and decoded == decode_label(reduce)
+    )
 
 
 class _Sink:
@@ -277,11 +334,13 @@ def _default_readers(model) -> int:
     return max(1, min(4, cpus if on_gpu else cpus // 2))
 
 
-def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel):
+def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, reduce=1):
     """The batch loop: yields (positions, features, tiles computed so far, tiles/s)."""
     start = time.perf_counter()
     computed = 0
-    batches = _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model)
+    batches = _prefetched_batches(
+        slide, grid, todo, batch_size, workers, prefetch, cancel, model, reduce
+    )
     for positions, pixels in batches:
         if _cancelled(cancel):
             return
@@ -363,7 +422,7 @@ def _auto_batch_size(model) -> int:
     return int(max(1, min(_MAX_GPU_BATCH, 0.75 * free // per_tile)))
 
 
-def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model):
+def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model, reduce=1):
     """Yield (positions, uint8 pixels (B, h, w, 3)) while reader threads prepare the next ones."""
     if len(todo) == 0:
         return
@@ -376,18 +435,35 @@ def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel
 
     def read(position):
         y, x = coords[position]
-        return slide.read_region(int(y), int(x), size, size, level=grid.level)
+        return slide.read_region(int(y), int(x), size, size, level=grid.level, reduce=reduce)
 
     def produce():
         try:
             with ThreadPoolExecutor(
                 max_workers=workers, thread_name_prefix="napari-conch-read"
             ) as pool:
-                for start in range(0, len(todo), batch_size):
+                # The reads of the next batch are queued before this one is stacked, so no
+                # reader idles at a batch's end waiting for the slowest tile of it.
+                starts = iter(range(0, len(todo), batch_size))
+                in_flight: deque = deque()
+
+                def submit_next() -> None:
+                    start = next(starts, None)
+                    if start is not None:
+                        chunk = todo[start : start + batch_size]
+                        in_flight.append((chunk, [pool.submit(read, p) for p in chunk]))
+
+                submit_next()
+                submit_next()
+                while in_flight:
                     if stop.is_set() or _cancelled(cancel):
+                        for _, futures in in_flight:
+                            for future in futures:
+                                future.cancel()
                         break
-                    chunk = todo[start : start + batch_size]
-                    pixels = np.stack(list(pool.map(read, chunk)))
+                    chunk, futures = in_flight.popleft()
+                    pixels = np.stack([future.result() for future in futures])
+                    submit_next()
                     if use_pinned:
                         import torch
 

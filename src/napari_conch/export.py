@@ -76,6 +76,8 @@ def _provenance(result) -> dict:
         "napari_conch": meta.get("napari_conch"),
         "created": meta.get("created"),
     }
+    if meta.get("decode"):  # tiles decoded at reduced size (JPEG, DCT domain)
+        info["decode"] = meta["decode"]
     if not info["trained"]:
         info["note"] = "UNTRAINED model: a pipeline check, not a result"
     return info

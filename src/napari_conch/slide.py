@@ -218,11 +218,18 @@ class Slide:
 
     # -- access ---------------------------------------------------------------------------
 
-    def read_region(self, y: int, x: int, h: int, w: int, level: int = 0) -> np.ndarray:
+    def read_region(
+        self, y: int, x: int, h: int, w: int, level: int = 0, reduce: int = 1
+    ) -> np.ndarray:
         """Read an (h, w, 3) uint8 region.
 
         ``y, x`` is the top-left corner in **level-0** pixels (as in OpenSlide), ``h, w`` the
         size in pixels **of the level**. Parts outside the image read as white.
+
+        ``reduce`` (one of :meth:`reduced_factors`): decode the region ``reduce`` times
+        smaller, for less than a full decode — JPEG tiles in the DCT domain. The result is
+        (round(h / reduce), round(w / reduce), 3), its corner at the nearest reduced pixel;
+        its pixels are the decoder's downscale, not a resampling filter's.
         """
         if not 0 <= level < len(self._readers):
             raise IndexError(f"{self.name} has levels 0–{len(self._readers) - 1}; got {level}.")
@@ -231,10 +238,25 @@ class Slide:
             raise ValueError(f"Region size must be non-negative; got h={h}, w={w}.")
         fy, fx = self.downsamples_yx[level]
         ly, lx = math.floor(y / fy), math.floor(x / fx)
+        if reduce != 1:
+            if reduce not in self.reduced_factors(level):
+                raise ValueError(
+                    f"Level {level} of {self.name} cannot be decoded at 1/{reduce} size "
+                    f"(possible: {self.reduced_factors(level) or 'none'})."
+                )
+            ry, rx = round(ly / reduce), round(lx / reduce)
+            box = (ry, ry + round(h / reduce), rx, rx + round(w / reduce))
+            return self._read(level, *box, reduce=reduce)
         return self._read(level, ly, ly + h, lx, lx + w)
 
-    def _read(self, level, y0, y1, x0, x1) -> np.ndarray:
+    def reduced_factors(self, level: int = 0) -> tuple[int, ...]:
+        """Factors ``read_region(..., reduce=)`` decodes at reduced size on ``level``."""
+        return tuple(self._readers[level].reduced_factors)
+
+    def _read(self, level, y0, y1, x0, x1, reduce: int = 1) -> np.ndarray:
         try:
+            if reduce != 1:
+                return self._readers[level].read_reduced(y0, y1, x0, x1, reduce)
             return self._readers[level].read(y0, y1, x0, x1)
         except SlideReadError:
             raise

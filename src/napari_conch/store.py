@@ -111,9 +111,14 @@ def slide_fingerprint(slide: Slide) -> str:
     return h.hexdigest()
 
 
-def store_signature(fingerprint: str, model, grid: TileGrid, dtype: str) -> dict:
-    """Everything that must match for cached features to be reused."""
-    return {
+def store_signature(fingerprint: str, model, grid: TileGrid, dtype: str, reduce: int = 1) -> dict:
+    """Everything that must match for cached features to be reused.
+
+    ``reduce`` > 1: tiles were decoded at 1/reduce size (JPEG, DCT domain) instead of a
+    full decode and resize — other pixels, so other features (an exact run's signature is
+    the one stores had before reduced decoding existed).
+    """
+    signature = {
         "version": STORE_VERSION,
         "slide": fingerprint,
         "model": {
@@ -130,6 +135,14 @@ def store_signature(fingerprint: str, model, grid: TileGrid, dtype: str) -> dict
         "grid": grid.signature(),
         "dtype": dtype,
     }
+    if reduce != 1:
+        signature["preprocessing"]["decode"] = decode_label(reduce)
+    return signature
+
+
+def decode_label(reduce: int) -> str:
+    """How tiles were decoded, as stores and results record it."""
+    return "full, then resized" if reduce == 1 else f"JPEG at 1/{reduce} size (DCT domain)"
 
 
 def store_cache_root(store_path) -> Path:
@@ -163,12 +176,18 @@ class EmbeddingStore:
 
     @classmethod
     def open_or_create(
-        cls, root: Path, slide: Slide, model, grid: TileGrid, dtype: str = "float32"
+        cls,
+        root: Path,
+        slide: Slide,
+        model,
+        grid: TileGrid,
+        dtype: str = "float32",
+        reduce: int = 1,
     ) -> EmbeddingStore:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}.")
         fingerprint = slide_fingerprint(slide)
-        signature = store_signature(fingerprint, model, grid, dtype)
+        signature = store_signature(fingerprint, model, grid, dtype, reduce)
         stem = Path(slide.name).stem if slide.name else "slide"
         path = (
             Path(root)
@@ -278,7 +297,9 @@ def _create(path: Path, signature: dict, slide: Slide, model, grid: TileGrid, dt
         {
             "napari_conch": STORE_VERSION,
             "signature": signature,
-            **describe(slide, model, grid, signature["slide"]),
+            **describe(
+                slide, model, grid, signature["slide"], signature["preprocessing"].get("decode")
+            ),
         }
     )
     tmp.rename(path)  # the store appears complete or not at all
@@ -294,9 +315,11 @@ def _write_cell_tissue(group, grid: TileGrid) -> None:
     group["cell_tissue"][:] = grid.cell_tissue
 
 
-def describe(slide: Slide, model, grid: TileGrid, fingerprint: str) -> dict:
+def describe(
+    slide: Slide, model, grid: TileGrid, fingerprint: str, decode: str | None = None
+) -> dict:
     """The model, slide and grid descriptions kept with embeddings (and their results)."""
-    return {
+    described = {
         "model": {
             "name": str(model.name),
             "weights_hash": weights_hash(model),
@@ -316,6 +339,9 @@ def describe(slide: Slide, model, grid: TileGrid, fingerprint: str) -> dict:
         "grid": grid.to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if decode:
+        described["decode"] = decode
+    return described
 
 
 def _remove_partials(path: Path) -> None:

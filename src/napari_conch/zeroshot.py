@@ -754,7 +754,7 @@ def _metadata(emb: Embeddings, model, analysis: str, selected: np.ndarray, missi
         logger.warning(
             "%s with an UNTRAINED model: the result is a pipeline check, not a finding.", analysis
         )
-    return {
+    metadata = {
         "analysis": analysis,
         "model": info,
         "slide": emb.metadata.get("slide"),
@@ -765,3 +765,6 @@ def _metadata(emb: Embeddings, model, analysis: str, selected: np.ndarray, missi
         "napari_conch": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if emb.metadata.get("decode"):  # how the tiles were decoded, when not in full
+        metadata["decode"] = emb.metadata["decode"]
+    return metadata

@@ -4,6 +4,7 @@ analyses stay light."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -222,4 +223,21 @@ def load_model(
         check_model(model)
     except TypeError as exc:
         raise TypeError(f"The factory of model {entry.name!r} ({entry.source}): {exc}") from exc
+    with contextlib.suppress(AttributeError, TypeError):  # objects that take no attributes
+        model.load_spec = load_spec(
+            name, checkpoint=checkpoint, tokenizer=tokenizer, device=device, **options
+        ) | {"precision": precision}
     return model
+
+
+def load_spec(name: str, *, checkpoint=None, tokenizer=None, device="auto", **options) -> dict:
+    """How another process loads the same model: :func:`load_model` keywords, the token left
+    out (never sent or stored) and a specific GPU made "auto" (each worker has its own)."""
+    spec = {"name": name, **{k: v for k, v in options.items() if k != "token"}}
+    if checkpoint is not None:
+        spec["checkpoint"] = str(checkpoint)
+    if tokenizer is not None:
+        spec["tokenizer"] = str(tokenizer)
+    device = str(device)
+    spec["device"] = "auto" if device.startswith("cuda") else device
+    return spec

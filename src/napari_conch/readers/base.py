@@ -79,6 +79,9 @@ class LevelReader:
     shape: tuple[int, int]
     chunks: tuple[int, int]
     label: str = "image"  # named in errors; the Slide sets "<slide name> level <i>"
+    # Factors this level decodes at reduced size for less than a full decode (JPEG: in the
+    # DCT domain). Empty: none.
+    reduced_factors: tuple[int, ...] = ()
 
     def __init__(self, shape: tuple[int, int], chunks: tuple[int, int]):
         self.shape = (int(shape[0]), int(shape[1]))
@@ -102,6 +105,25 @@ class LevelReader:
         return out
 
     def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_reduced(self, y0: int, y1: int, x0: int, x1: int, factor: int) -> np.ndarray:
+        """Pixels [y0:y1, x0:x1] of the level shrunk ``factor`` times (box coordinates in
+        shrunk pixels), decoded at that size; outside the level (and a last row or column
+        the level only partly fills) reads as white."""
+        if factor not in self.reduced_factors:
+            raise ValueError(f"{self.label} cannot decode at 1/{factor} size")
+        h, w = y1 - y0, x1 - x0
+        out = np.full((max(h, 0), max(w, 0), 3), BACKGROUND, np.uint8)
+        H, W = self.shape[0] // factor, self.shape[1] // factor
+        cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+        if cy1 > cy0 and cx1 > cx0:
+            out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self._read_reduced(
+                cy0, cy1, cx0, cx1, factor
+            )
+        return out
+
+    def _read_reduced(self, y0: int, y1: int, x0: int, x1: int, factor: int) -> np.ndarray:
         raise NotImplementedError
 
     def _count(self, segments: int, nbytes: int) -> None:

@@ -177,6 +177,10 @@ class _TiffLevelReader(LevelReader):
         self._dtype = keyframe.dtype
         self._file_lock = threading.Lock()
         super().__init__((height, width), chunks_for(seg, (height, width)))
+        self._jpeg_tables = keyframe.jpegtables if keyframe.compression == 7 else None
+        self._jpeg_rgb = keyframe.photometric == 2  # RGB-coded JPEG (no YCbCr transform)
+        if _reducible(keyframe, pages, self._planes, self._samples, seg) and self._same_decode():
+            self.reduced_factors = _JPEG_SCALES
 
     def _read(self, y0, y1, x0, x1):
         sh, sw = self._seg
@@ -217,6 +221,72 @@ class _TiffLevelReader(LevelReader):
             decoded = decoded[0]
         return _CacheEntry(decoded, sy, sx)
 
+    # -- reduced-size decoding (JPEG in the DCT domain) ------------------------------------
+
+    def _read_reduced(self, y0, y1, x0, x1, factor):
+        sh, sw = self._seg[0] // factor, self._seg[1] // factor
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        page = self._pages[0]
+        for r in range(y0 // sh, (y1 - 1) // sh + 1):
+            for c in range(x0 // sw, (x1 - 1) // sw + 1):
+                index = r * self._cols + c
+                segment = self._cache.get_or_compute(
+                    (self._index, "reduced", factor, index),
+                    lambda index=index: _Reduced(self._decode_reduced(page, index, factor)),
+                ).pixels
+                sy, sx = r * sh, c * sw
+                ty0, tx0, ty1, tx1 = max(y0, sy), max(x0, sx), min(y1, sy + sh), min(x1, sx + sw)
+                out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = segment[
+                    ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx
+                ]
+        return out
+
+    def _decode_reduced(self, page, index, factor) -> np.ndarray:
+        sh, sw = self._seg[0] // factor, self._seg[1] // factor
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if not count:  # sparse file: a segment that was never written
+            return np.full((sh, sw, 3), BACKGROUND, np.uint8)
+        data = self._read_bytes(offset, count)
+        self._count(1, count)
+        pixels = _decode_jpeg_scaled(self._jpeg_stream(data), factor)
+        if pixels.shape != (sh, sw, 3):
+            raise ValueError(
+                f"a JPEG tile decoded at 1/{factor} size to {pixels.shape[:2]}, not {(sh, sw)}"
+            )
+        return pixels
+
+    def _jpeg_stream(self, data: bytes) -> bytes:
+        """A tile's bytes as a self-contained JPEG (shared tables spliced in; RGB-coded
+        tiles marked so, as TIFF's photometric tag says, with an Adobe segment)."""
+        if self._jpeg_tables and data[:2] == b"\xff\xd8":
+            data = self._jpeg_tables[:-2] + data[2:]  # tables' SOI…(no EOI) + tile after SOI
+        if self._jpeg_rgb:
+            data = data[:2] + _ADOBE_RGB + data[2:]
+        return data
+
+    def _same_decode(self) -> bool:
+        """Whether our JPEG decoding gives tifffile's pixels on this level (checked on its
+        first stored tile at full size); if not, reduced decoding is not offered."""
+        page = self._pages[0]
+        index = next((i for i, n in enumerate(page.databytecounts) if n), None)
+        if index is None:
+            return False
+        try:
+            data = self._read_bytes(page.dataoffsets[index], page.databytecounts[index])
+            ours = _decode_jpeg_scaled(self._jpeg_stream(data), 1)
+            theirs = self._decode(data, index, **self._decodeargs)[0][0]
+        except Exception as exc:
+            logger.debug("reduced JPEG decoding not used on %s: %s", self.label, exc)
+            return False
+        same = (
+            ours.shape == theirs.shape
+            and int(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).max())
+            <= _SAME_DECODE_TOLERANCE
+        )
+        if not same:
+            logger.debug("reduced JPEG decoding not used on %s: pixels differ", self.label)
+        return same
+
     def _read_bytes(self, offset: int, count: int) -> bytes:
         if self._fd is not None:
             data = os.pread(self._fd, count, offset)
@@ -240,6 +310,59 @@ class _CacheEntry(tuple):
         entry = super().__new__(cls, (decoded, (sy, sx)))
         entry.nbytes = decoded.nbytes
         return entry
+
+
+# JPEG decoders scale by 1/2, 1/4 and 1/8 in the DCT domain (libjpeg's scale_denom).
+_JPEG_SCALES = (2, 4, 8)
+# libjpeg builds may round the colour transform differently by one level
+_SAME_DECODE_TOLERANCE = 1
+# An Adobe APP14 segment with transform 0: the three components are R, G, B as stored.
+_ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+
+
+def _reducible(keyframe, pages, planes, samples, seg) -> bool:
+    """Tiled, 8-bit, 3-sample, new-style JPEG tiles of a side divisible by 8, one page."""
+    return (
+        keyframe.compression == 7
+        and keyframe.is_tiled
+        and keyframe.photometric in (2, 6)
+        and len(pages) == 1
+        and planes == 1
+        and samples == 3
+        and np.dtype(keyframe.dtype) == np.uint8
+        and seg[0] % 8 == 0
+        and seg[1] % 8 == 0
+    )
+
+
+def _decode_jpeg_scaled(stream: bytes, factor: int) -> np.ndarray:
+    """Decode a JPEG at 1/factor size in the DCT domain (libjpeg-turbo's scaled IDCT).
+
+    At reduced size libjpeg-turbo's SIMD "fancy" chroma upsampling does not apply and makes
+    a scaled decode slower than a full one (measured: 0.64 against 0.43 ms for a 256-px
+    4:2:0 tile); plain upsampling makes it faster (0.29 ms). Full size keeps the default,
+    so it matches tifffile's decoder bit for bit.
+    """
+    import simplejpeg
+
+    if factor == 1:
+        return simplejpeg.decode_jpeg(stream, colorspace="RGB")
+    height, width = simplejpeg.decode_jpeg_header(stream)[:2]
+    return simplejpeg.decode_jpeg(
+        stream,
+        colorspace="RGB",
+        fastupsample=True,
+        min_height=height // factor,
+        min_width=width // factor,
+    )
+
+
+class _Reduced:
+    """A reduced-size segment as the segment cache holds it (with its ``nbytes``)."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
+        self.nbytes = pixels.nbytes
 
 
 def _fill(dtype) -> int | float:
