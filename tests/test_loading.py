@@ -198,3 +198,50 @@ def test_position_embedding_is_resized_for_another_grid(tiny_checkpoint, rng):
 def test_bad_input_size_is_refused(tiny_checkpoint):
     with pytest.raises(ValueError, match="multiple of the patch size 16"):
         load_model("conch_tiny", checkpoint=tiny_checkpoint, input_size=225)
+
+
+@pytest.mark.parametrize(
+    ("native", "precision", "advice"),
+    [
+        (None, "bf16", "Use precision='fp32'"),
+        ("AMX", "bf16", None),
+        ("AVX-512-BF16", "fp16", "consider 'bf16'"),
+        (None, "fp16", "consider 'fp32'"),
+    ],
+)
+def test_cpu_precision_advice_follows_what_the_cpu_can_do(
+    monkeypatch, caplog, native, precision, advice
+):
+    import torch
+
+    from napari_conch.models import device
+
+    monkeypatch.setattr(device, "cpu_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="napari_conch.models.device"):
+        assert device.resolve_precision(precision, torch.device("cpu")) == precision
+    if advice is None:
+        assert not caplog.records
+    else:
+        assert advice in caplog.text
+
+
+def test_the_cpus_bf16_instructions_are_read_from_its_flags(monkeypatch, tmp_path):
+    import builtins
+
+    from napari_conch.models import device
+
+    cpuinfo = tmp_path / "cpuinfo"
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    for flags, expected in (
+        ("fpu sse avx512f amx_bf16 amx_tile", "AMX"),
+        ("fpu avx512f avx512_bf16", "AVX-512-BF16"),
+        ("fpu avx2", None),
+    ):
+        cpuinfo.write_text(f"model name\t: Test CPU\nflags\t\t: {flags}\n")
+        assert device.cpu_bf16() == expected
+    assert device.cpu_name() == "Test CPU"
