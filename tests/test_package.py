@@ -110,7 +110,17 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert (ROOT / ".ci/run").stat().st_mode & 0o111, ".ci/run must be executable"
 
 
-CORE = ("slide", "tissue", "tiling", "store", "embeddings", "prompts", "zeroshot", "export")
+CORE = (
+    "slide",
+    "tissue",
+    "tiling",
+    "store",
+    "embeddings",
+    "prompts",
+    "zeroshot",
+    "dense",
+    "export",
+)
 
 
 def test_importing_the_core_does_not_import_torch_or_qt():

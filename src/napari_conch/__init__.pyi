@@ -4,6 +4,10 @@
 
 from ._napari.view import show as show
 from ._napari.view import view as view
+from .dense import DenseTokens as DenseTokens
+from .dense import dense_segment as dense_segment
+from .dense import dense_similarity as dense_similarity
+from .dense import dense_tokens as dense_tokens
 from .distributed import embed_slides as embed_slides
 from .embeddings import Embeddings as Embeddings
 from .engine import CancelToken as CancelToken

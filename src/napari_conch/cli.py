@@ -90,6 +90,56 @@ def _slide_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _dense_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sub-tile maps (experimental)")
+    group.add_argument(
+        "--dense",
+        action="store_true",
+        help="a map at token resolution (8 µm for CONCH) over --region instead of the tile map "
+        "(experimental; conch only; --overlap defaults to 0.5 here)",
+    )
+    group.add_argument(
+        "--region",
+        nargs=4,
+        type=float,
+        metavar=("Y0", "X0", "Y1", "X1"),
+        help="the region of a dense map, in µm from the slide's top-left corner",
+    )
+
+
+def _check_dense(args) -> None:
+    """--dense needs --region (said before any model loads); --region alone is a mistake."""
+    if getattr(args, "dense", False) and not args.region:
+        raise ValueError(
+            "--dense needs --region Y0 X0 Y1 X1 (µm): a dense map's work grows with it."
+        )
+    if getattr(args, "region", None) and not args.dense:
+        raise ValueError("--region is for dense maps: add --dense (or leave --region out).")
+
+
+def _check_dense_models(args, models) -> None:
+    from .protocol import gives_token_embeddings
+
+    if args.dense:
+        without = [m.name for m in models if not gives_token_embeddings(m)]
+        if without:
+            raise ValueError(
+                f"--dense: {', '.join(without)} gives no token embeddings; dense maps work "
+                "with conch only (experimental)."
+            )
+
+
+def _dense_tokens(path, model, args):
+    from .dense import dense_tokens
+    from .slide import open_slide
+
+    slide = open_slide(path, mpp=args.mpp)
+    return dense_tokens(slide, model, args.region, args.tile_um, args.overlap or 0.5)
+
+
+DENSE_FORMATS = ("geojson", "ome-zarr", "ome-tiff")
+
+
 def _prompt_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     group = parser.add_argument_group("prompts")
     choice = group.add_mutually_exclusive_group(required=required)
@@ -240,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"what to write (default: {' '.join(DEFAULT_FORMATS)})",
     )
     segment.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    _dense_options(segment)
     segment.set_defaults(func=cmd_segment)
 
     similarity = _command(
@@ -256,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     similarity.add_argument("--text", required=True)
     similarity.add_argument("--negative")
     similarity.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    _dense_options(similarity)
     similarity.set_defaults(func=cmd_similarity)
 
     classify = _command(
@@ -865,21 +917,35 @@ def _embed_distributed(args) -> int:
 
 def cmd_segment(args) -> int:
     _check_formats(args.formats)
+    _check_dense(args)
     names, prompts = _prepare(args, slides=args.slides, folder=args.output, prompts=True)
     from .export import export_all, file_stem
     from .zeroshot import zero_shot_segment
 
     models = _load_models(args, names)
     _check_prompts(models, prompts, args.background)
+    _check_dense_models(args, models)
     formats = tuple(args.formats)
     rows = []
+    if args.dense:
+        formats = tuple(f for f in formats if f in DENSE_FORMATS) or DENSE_FORMATS
     for path in args.slides:
         for model in models:
-            _, emb = _embed(path, model, args)
-            seg = zero_shot_segment(
-                emb, model, prompts, background=args.background, min_confidence=args.min_confidence
-            )
             stem = _tagged(file_stem(path), model, models)
+            if args.dense:  # experimental: token cells over the region; no tile table
+                seg = _dense_tokens(path, model, args).segment(
+                    model, prompts, args.background, args.min_confidence
+                )
+                emb, stem = None, f"{stem}.dense"
+            else:
+                _, emb = _embed(path, model, args)
+                seg = zero_shot_segment(
+                    emb,
+                    model,
+                    prompts,
+                    background=args.background,
+                    min_confidence=args.min_confidence,
+                )
             written = export_all(seg, args.output, stem, emb=emb, formats=formats)
             areas = ", ".join(f"{k} {v:.3f}" for k, v in seg.areas_mm2.items())
             tag = f" [{model.name}]" if len(models) > 1 else ""
@@ -903,20 +969,27 @@ def _print_comparison(rows: list[dict], what: str, path=None) -> None:
 def cmd_similarity(args) -> int:
     if not args.text.strip():
         raise ValueError("--text is empty; give the phrase to map, e.g. --text necrosis.")
+    _check_dense(args)
     names, _ = _prepare(args, slides=args.slides, folder=args.output, text=True)
     from .export import file_stem, tile_table, to_ome_tiff
     from .zeroshot import similarity_map
 
     models = _load_models(args, names)
     _check_prompts(models, texts=[args.text, *([args.negative] if args.negative else [])])
+    _check_dense_models(args, models)
     out = args.output
     for path, model in ((p, m) for p in args.slides for m in models):
-        _, emb = _embed(path, model, args)
-        sim = similarity_map(emb, model, text=args.text, negative=args.negative)
-        out.mkdir(parents=True, exist_ok=True)
         stem = _tagged(file_stem(path), model, models)
+        if args.dense:  # experimental: token cells over the region; no tile table
+            sim = _dense_tokens(path, model, args).similarity(model, args.text, args.negative)
+            stem = f"{stem}.dense"
+        else:
+            _, emb = _embed(path, model, args)
+            sim = similarity_map(emb, model, text=args.text, negative=args.negative)
+        out.mkdir(parents=True, exist_ok=True)
         to_ome_tiff(sim, out / f"{stem}.similarity.ome.tif", what="similarity")
-        tile_table(emb, similarities=[sim], path=out / f"{stem}.similarity.csv")
+        if not args.dense:
+            tile_table(emb, similarities=[sim], path=out / f"{stem}.similarity.csv")
         summary = {"query": sim.queries, "contrast_limits": sim.contrast_limits, **sim.metadata}
         _write_text(out / f"{stem}.similarity.json", json.dumps(summary, indent=2, default=str))
         print(

@@ -185,6 +185,7 @@ def segmentation_scores(
     truth: np.ndarray,
     truth_downsample: float = 1.0,
     truth_names: Sequence[str] | None = None,
+    region=None,
 ) -> dict:
     """Dice, precision and recall per class of a :class:`SegmentationResult` against a label
     mask whose pixel (i, j) covers level-0 pixels [i·d, (i+1)·d), d = ``truth_downsample``.
@@ -193,15 +194,22 @@ def segmentation_scores(
     the scores measure areas at the truth's resolution, not at the coarser map cells.
     ``truth_names[k - 1]`` names truth label k (0 = background); by default the truth uses
     the result's class order. Classes are matched by name, so a result with extra classes, or
-    in another order, is scored correctly.
+    in another order, is scored correctly. ``region`` (y0, x0, y1, x1 µm): only truth pixels
+    centred there count (a dense map covers a region only).
     """
     truth = np.asarray(truth)
     names = list(truth_names) if truth_names is not None else list(result.class_names)
     predicted = _labels_at_truth_pixels(result, truth.shape, truth_downsample)
+    counted = (
+        np.ones(truth.shape, bool)
+        if region is None
+        else _truth_pixels_in(region, truth.shape, truth_downsample, result)
+    )
     scores = {}
     for k, name in enumerate(names, start=1):
-        t = truth == k
+        t = (truth == k) & counted
         p = predicted == (result.class_names.index(name) + 1 if name in result.class_names else -1)
+        p &= counted
         tp = float((t & p).sum())
         scores[name] = {
             "dice": 2 * tp / max(t.sum() + p.sum(), 1),
@@ -213,6 +221,59 @@ def segmentation_scores(
             np.mean([v[metric] for v in scores.values() if isinstance(v, dict)])
         )
     return scores
+
+
+def dense_and_tile_scores(
+    slide,
+    model,
+    prompts,
+    truth: np.ndarray,
+    region,
+    truth_downsample: float = 1.0,
+    truth_names: Sequence[str] | None = None,
+    *,
+    background=None,
+    tile_um: float | None = None,
+    overlap: float = 0.5,
+    cache="auto",
+) -> dict:
+    """Dice of the tile map and of the **experimental** dense (token) map of the same
+    region side by side, against a pixel-labelled truth (e.g. SICAP-style masks).
+
+    Returns ``{"tile": scores, "dense": scores}`` (see :func:`segmentation_scores`), both
+    counted on the truth pixels inside ``region`` (µm). Only trained weights make the
+    comparison meaningful.
+    """
+    from .dense import dense_segment
+    from .engine import embed
+    from .tiling import tile_grid
+    from .zeroshot import zero_shot_segment
+
+    grid = tile_grid(slide, model, tile_um=tile_um, overlap=overlap)
+    emb = embed(slide, model, grid, cache=cache, region=region, region_only=True)
+    tile_map = zero_shot_segment(emb, model, prompts, background=background, region=region)
+    dense_map = dense_segment(
+        slide,
+        model,
+        prompts,
+        region=region,
+        background=background,
+        tile_um=tile_um,
+        overlap=overlap,
+    )
+    return {
+        name: segmentation_scores(result, truth, truth_downsample, truth_names, region=region)
+        for name, result in (("tile", tile_map), ("dense", dense_map))
+    }
+
+
+def _truth_pixels_in(region, shape, truth_downsample: float, result) -> np.ndarray:
+    """Truth pixels whose centre lies inside ``region`` (µm, level-0 pixel k at k·mpp)."""
+    stride_px = float(result.metadata["grid"]["stride_px"])
+    mpp = float(result.scale_um[0]) / stride_px
+    y0, x0, y1, x1 = (float(v) for v in region)
+    ys, xs = ((np.arange(n) * truth_downsample + (truth_downsample - 1) / 2) * mpp for n in shape)
+    return ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
 
 
 def _labels_at_truth_pixels(result, shape, truth_downsample: float) -> np.ndarray:

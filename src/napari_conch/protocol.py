@@ -62,6 +62,13 @@ def check_model(model: object) -> None:
         )
 
 
+def gives_token_embeddings(model: object) -> bool:
+    """Whether ``model`` implements the optional ``encode_image_tokens`` (dense maps)."""
+    if not callable(getattr(model, "encode_image_tokens", None)):
+        return False
+    return bool(getattr(model, "supports_token_embeddings", True))
+
+
 def is_trained(model: object) -> bool:
     """``model.trained`` when present, else True (the protocol's default)."""
     return bool(getattr(model, "trained", True))

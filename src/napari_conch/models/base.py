@@ -143,6 +143,49 @@ class TorchImageTextModel:
             features = parts[0] if len(parts) == 1 else torch.cat(parts)
             return features.float().cpu().numpy()
 
+    @property
+    def supports_token_embeddings(self) -> bool:
+        """Whether :meth:`encode_image_tokens` works for this model (dense maps)."""
+        return type(self)._visual_with_tokens is not TorchImageTextModel._visual_with_tokens
+
+    def _visual_with_tokens(self, pixels: torch.Tensor):
+        """(pre-projection features, joint-space token embeddings (B, h, w, D)) from one
+        pass; models that cannot give token embeddings leave this unimplemented."""
+        raise NotImplementedError
+
+    def encode_images_with_tokens(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """**Experimental.** One pass → (pre-projection features (B, embed_dim), token
+        embeddings (B, h, w, embed_dim) in the joint space, L2-normalised).
+
+        Raises NotImplementedError naming the model when it has no token embeddings.
+        """
+        batch = as_image_batch(images)
+        features, tokens = [], []
+        with torch.inference_mode():
+            # one tile at a time on the CPU in float32, as encode_images (bit-stable)
+            split = self.device.type == "cpu" and self.precision == "fp32"
+            step = 1 if split else batch.shape[0]
+            for i in range(0, len(batch), step):
+                pixels = prepare_batch(
+                    batch[i : i + step], self.input_size, self.device, self.mean, self.std
+                )
+                try:
+                    with autocast(self.device, self.precision):
+                        f, t = self._visual_with_tokens(pixels)
+                except NotImplementedError:
+                    raise NotImplementedError(
+                        f"{self.name} gives no token embeddings: dense (sub-tile) maps are "
+                        "supported by conch only (experimental)."
+                    ) from None
+                features.append(f.float().cpu())
+                tokens.append(t.float().cpu())
+        return torch.cat(features).numpy(), torch.cat(tokens).numpy()
+
+    def encode_image_tokens(self, images) -> np.ndarray:
+        """**Experimental.** Token embeddings (B, h, w, embed_dim) in the joint space,
+        L2-normalised: a text embedding's dot product with them is a sub-tile map."""
+        return self.encode_images_with_tokens(images)[1]
+
     def project(self, features, normalize: bool = True) -> np.ndarray:
         """Pre-projection features (N, embed_dim) → joint-space embeddings, L2-normalised."""
         feats = torch.as_tensor(np.asarray(features, dtype=np.float32))

@@ -94,6 +94,28 @@ class ColourToyModel:
         departure = (x.mean(axis=(1, 2)) - self.GLASS) @ self.AXES.T
         return np.concatenate([departure, glass[:, None]], axis=1).astype(np.float32)
 
+    # Tokens of the dense (sub-tile) maps: the tile cut into 8 × 8 patches (8 µm each).
+    TOKEN_GRID = (8, 8)
+
+    def encode_image_tokens(self, images) -> np.ndarray:
+        """Each of the tile's 8 × 8 patches as a tile of its own: (B, 8, 8, 4), unit length —
+        token embeddings whose answers are known (each patch's colour)."""
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[-1] != 3:
+            x = np.moveaxis(x, 1, -1)
+        gh, gw = self.TOKEN_GRID
+        b, h, w = x.shape[:3]
+        if h % gh or w % gw:
+            raise ValueError(f"colour-toy tokens need tiles divisible by {gh} px; got {h}×{w}.")
+        patches = x.reshape(b, gh, h // gh, gw, w // gw, 3).transpose(0, 1, 3, 2, 4, 5)
+        features = self.encode_images(patches.reshape(b * gh * gw, h // gh, w // gw, 3))
+        return _unit(features).reshape(b, gh, gw, self.embed_dim)
+
+    def encode_images_with_tokens(self, images) -> tuple[np.ndarray, np.ndarray]:
+        return self.encode_images(images), self.encode_image_tokens(images)
+
     def project(self, features, normalize: bool = True) -> np.ndarray:
         f = np.asarray(features, np.float32)
         return _unit(f) if normalize else f

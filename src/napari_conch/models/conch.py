@@ -97,6 +97,9 @@ class ConchModel(TorchImageTextModel):
     def _visual(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.network.visual(pixels)
 
+    def _visual_with_tokens(self, pixels: torch.Tensor):
+        return self.network.visual.forward_with_tokens(pixels)
+
     def _projection(self) -> torch.Tensor:
         return self.network.visual.proj_contrast
 

@@ -81,6 +81,19 @@ class AttentionalPooler(nn.Module):
         queries = self.ln_q(self.query).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         return self.attn(queries, context, context, need_weights=False)[0]
 
+    def token_values(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each token's value carried through the output projection, (B, N, d_model).
+
+        The pooled output is the output bias plus, per head, the attention-weighted sum of
+        these values' head slices (before the bias): a token's value is what the pooler
+        would output if every head attended to that token alone (MaskCLIP's dense map).
+        """
+        attn = self.attn
+        width = attn.embed_dim
+        bias = None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width :]
+        values = nn.functional.linear(self.ln_k(tokens), attn.v_proj_weight, bias)
+        return attn.out_proj(values)
+
 
 class ConchVision(nn.Module):
     """ViT-B/16 trunk → attentional pooler → LayerNorm (pre-projection) → projection."""
@@ -114,6 +127,18 @@ class ConchVision(nn.Module):
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.proj_contrast
+
+    def forward_with_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One trunk pass → (pre-projection features (B, D), joint-space token embeddings
+        (B, h, w, D), L2-normalised): each patch token's pooler value through
+        ``ln_contrast`` and ``proj_contrast``, as the pooled feature goes."""
+        tokens = self.trunk.forward_features(pixels)
+        features = self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])
+        patches = tokens[:, self.trunk.num_prefix_tokens :]
+        dense = self.ln_contrast(self.attn_pool_contrast.token_values(patches))
+        dense = nn.functional.normalize(dense @ self.proj_contrast, dim=-1)
+        h, w = self.trunk.patch_embed.grid_size
+        return features, dense.reshape(dense.shape[0], h, w, dense.shape[-1])
 
 
 class TextAttention(nn.Module):
