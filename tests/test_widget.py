@@ -664,3 +664,44 @@ def test_unknown_cannot_replace_a_recorded_pixel_size_and_the_toy_says_what_it_i
     assert "records 0.5" in widget.status.text()
     widget.mpp.value = 0.25  # an override is still possible
     assert widget.session.source.slide.mpp == 0.25
+
+
+def test_sharpen_view_draws_token_maps_over_the_tile_maps_and_prompts_reuse_them(
+    toyed, qtbot, monkeypatch
+):
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    from napari_conch._napari.layers import camera
+
+    cam = camera(viewer)
+    cam.center, cam.zoom = (512.0, 512.0), 1.5  # a part of the slide in view
+    model = widget.session.model
+    calls = []
+    original = model.encode_image_tokens
+    monkeypatch.setattr(model, "encode_image_tokens", lambda x: calls.append(1) or original(x))
+    widget.sharpen_view()
+    assert widget.status.text().startswith("Sharpening")
+    _wait(qtbot, widget)
+    dense = viewer.layers["colour-toy dense (experimental) labels"]
+    tiles = viewer.layers["colour-toy labels"]
+    assert tuple(dense.scale) == (8.0, 8.0) and tuple(tiles.scale) == (64.0, 64.0)
+    order = [layer.name for layer in viewer.layers]
+    assert order.index(dense.name) > order.index(tiles.name)  # on top of the tile map
+    assert set(np.unique(dense.data)) - {0} <= {1, 2, 3}
+    computed = len(calls)
+    widget.prompt.value = "necrosis"
+    name = "colour-toy dense (experimental) similarity"
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=30_000)
+    _wait(qtbot, widget)
+    assert len(calls) == computed > 0  # the new prompt was a matrix product
+
+
+def test_sharpen_view_says_which_models_can(setup, qtbot, tiny_model):
+    viewer, widget = setup
+    viewer.open_sample("napari-conch", "synthetic")
+    plip = nc.load_model("plip", checkpoint="random")
+    widget.set_model(plip)
+    before = len(_notifications())
+    widget.sharpen_view()
+    assert any("token embeddings (conch)" in m for m in _notifications()[before:])

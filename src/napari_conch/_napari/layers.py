@@ -101,11 +101,13 @@ def layer_prefix(result_or_name) -> str:
     configuration), otherwise the model's name — so results of two models land in their
     own layers, side by side, and can be compared."""
     name = result_or_name
+    dense = False
     if not isinstance(name, str) and name is not None:
-        name = (getattr(name, "metadata", None) or {}).get("model", {}).get("name")
-    if not name:
-        return "conch"
-    return name.removesuffix("_tiny")
+        metadata = getattr(name, "metadata", None) or {}
+        name = metadata.get("model", {}).get("name")
+        dense = bool(metadata.get("dense"))  # sub-tile maps sit beside the tile maps
+    prefix = (name or "conch").removesuffix("_tiny")
+    return f"{prefix} dense (experimental)" if dense else prefix
 
 
 def _placement(result, offset_um=(0.0, 0.0)) -> dict:

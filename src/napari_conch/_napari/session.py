@@ -76,18 +76,19 @@ class Session:
     call: object | None = None
     hits: list = field(default_factory=list)
     hit_index: int = -1
+    dense: object | None = None  # DenseTokens of the last sharpened view (experimental)
 
     def reset_slide(self, source: SlideSource | None) -> None:
         """Another slide (or pixel size): nothing computed for the last one applies."""
         self.source = source
         self.grid = self.embeddings = self.tissue = None
-        self.segmentation = self.similarity = self.call = None
+        self.segmentation = self.similarity = self.call = self.dense = None
         self.hits, self.hit_index = [], -1
 
     def use_model(self, model) -> None:
         """Another model: its embeddings differ; results made by the last one stay shown."""
         self.model = model
-        self.grid = self.embeddings = None
+        self.grid = self.embeddings = self.dense = None
 
     def check_ready(self) -> None:
         """Raise, in the widget's words, unless a model and a slide with µm/px are chosen."""

@@ -52,7 +52,9 @@ class ConchWidget(QWidget):
         self.segment = SegmentPanel(
             napari_viewer, self.session, self.runner, self.slide, self.settings
         )
-        self.explore = ExplorePanel(napari_viewer, self.session, self.runner, self.segment)
+        self.explore = ExplorePanel(
+            napari_viewer, self.session, self.runner, self.segment, self.slide
+        )
         self.call = CallPanel(napari_viewer, self.session, self.runner, self.segment)
         self.settings.bind(self.model, self.slide, self.segment)
 

@@ -7,7 +7,7 @@ from magicgui.widgets import Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
 from ...errors import NapariConchError
-from ..layers import camera, show_similarity, show_tiles
+from ..layers import camera, show_segmentation, show_similarity, show_tiles
 from ._forms import form, page, row
 
 PROMPT_DEBOUNCE_MS = 350
@@ -16,11 +16,12 @@ PROMPT_DEBOUNCE_MS = 350
 class ExplorePanel:
     """Heatmaps and retrieval over the embeddings the last run made (nothing re-embedded)."""
 
-    def __init__(self, viewer, session, runner, segment_panel):
+    def __init__(self, viewer, session, runner, segment_panel, slide_panel):
         self.viewer = viewer
         self.session = session
         self.runner = runner
         self.segment_panel = segment_panel
+        self.slide_panel = slide_panel
         self._prompt_seq = 0
 
         self.prompt = LineEdit(label="Prompt", tooltip="The map redraws as you type")
@@ -42,12 +43,20 @@ class ExplorePanel:
         following = PushButton(text="▶", tooltip="Next hit: centre and zoom on it")
         following.changed.connect(lambda: self.step_hit(1))
         self.hit_label = Label(value="")
+        self.sharpen_button = PushButton(
+            text="Sharpen view (experimental)",
+            tooltip="Maps finer than a tile for the part of the slide in view: one value per "
+            "8 µm token (CONCH), drawn over the tile maps as it computes; prompts typed "
+            "afterwards reuse it. Experimental: conch only.",
+        )
+        self.sharpen_button.changed.connect(self.sharpen_view)
         self.form = form(
             self.prompt,
             self.negative,
             self.exemplar_button,
             row(self.k, find, label="Top-k"),
             row(previous, following, self.hit_label),
+            self.sharpen_button,
         )
         self.native = page(self.form)
         # typing redraws once the typist pauses (the timer dies with the panel)
@@ -66,7 +75,10 @@ class ExplorePanel:
         try:
             emb = self.session.ready_embeddings()
         except NapariConchError as exc:
-            self.runner.say(str(exc))
+            if self.session.dense is not None:  # a sharpened view, no tile run: just that
+                self._draw_dense(self.session.dense, labels=False)
+            else:
+                self.runner.say(str(exc))
             return None
         negative = self.negative.value.strip() or None
         self._prompt_seq += 1
@@ -76,10 +88,78 @@ class ExplorePanel:
             if seq == self._prompt_seq:  # a newer prompt was typed meanwhile: drop this one
                 self.session.similarity = sim
                 show_similarity(self.viewer, sim, offset_um=self.session.source.offset_um)
+                self._draw_dense(self.session.dense, labels=False)  # a matrix product
 
         return self.runner.start(
             similarity_map, emb, self.session.model, text=text, negative=negative, on_return=shown
         )
+
+    # -- sub-tile maps (experimental) -------------------------------------------------------
+
+    def sharpen_view(self):
+        """Token-resolution maps of the visible region, drawn as they compute (a worker)."""
+        from ...dense import dense_token_steps
+        from ...protocol import gives_token_embeddings
+
+        s = self.session
+        try:
+            s.check_ready()
+            if not gives_token_embeddings(s.model):
+                raise NapariConchError(
+                    f"Sharpen view needs a model with token embeddings (conch); {s.model.name} "
+                    "has none."
+                )
+            region = self.slide_panel.viewport_region()
+            if region is None:
+                raise NapariConchError("Sharpen view maps the part of the slide in view: no view.")
+        except Exception as exc:
+            self.runner.error(exc)
+            return None
+        options = self.slide_panel.grid_options()
+        self.sharpen_button.enabled = False
+        self.runner.say("Sharpening the view: finding its tiles…")
+
+        def step(update):
+            done, total, tokens = update
+            self.runner.say(f"Sharpening the view: {done}/{total} tiles")
+            if tokens is not None:
+                s.dense = tokens
+                self._draw_dense(tokens)
+
+        return self.runner.start(
+            dense_token_steps,
+            s.source.slide,
+            s.model,
+            region,
+            options["tile_um"],
+            options["overlap"] or 0.5,
+            snapshot_every_s=1.0,
+            on_yield=step,
+            finished=lambda: setattr(self.sharpen_button, "enabled", True),
+            progress={"total": 0, "desc": "Sharpening the view"},
+        )
+
+    def _draw_dense(self, tokens, labels: bool = True) -> None:
+        """The dense labels (the Segment tab's classes) and, with a prompt, the dense
+        similarity, on top of the tile maps."""
+        if tokens is None:
+            return
+        s = self.session
+        offset = s.source.offset_um
+        try:
+            if labels:
+                seg = tokens.segment(
+                    s.model,
+                    self.segment_panel.prompt_set(),
+                    background=self.segment_panel.background_class(),
+                )
+                show_segmentation(self.viewer, seg, offset_um=offset)
+            text = self.prompt.value.strip()
+            if text:
+                sim = tokens.similarity(s.model, text, self.negative.value.strip() or None)
+                show_similarity(self.viewer, sim, offset_um=offset)
+        except Exception as exc:
+            self.runner.error(exc)
 
     def start_exemplars(self) -> None:
         """Add (or select) the exemplar Points layer; each change redraws the exemplar map."""
