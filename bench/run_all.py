@@ -26,6 +26,7 @@ SCRIPTS = [
     "reprompt",
     "gui_latency",
     "plip_peer",
+    "dense_cost",
 ]
 
 
@@ -35,7 +36,7 @@ def _load(name: str) -> dict | None:
 
 
 def render() -> str:
-    mt, rt, et, pl, rp, gl, pp = (_load(n) for n in SCRIPTS)
+    mt, rt, et, pl, rp, gl, pp, dc = (_load(n) for n in SCRIPTS)
     parts = [
         "# Benchmarks",
         "",
@@ -168,6 +169,8 @@ def render() -> str:
             "tissue, caches and resumes.",
             "",
         ]
+    if dc:
+        parts += _dense_section(dc)
     parts += _gpu_section(_load("gpu"))
     parts += [
         "## Reproduce",
@@ -233,6 +236,33 @@ def _engine_section(et: dict) -> list[str]:
         f"({q['tiles']} tiles): pixels differ by at most {q['pixels_max_abs']:.0f} levels, "
         f"PSNR {q['pixels_psnr_db']:.1f} dB; CONCH features (random weights) by at most "
         f"{q['features_max_abs']:.3g}, cosine ≥ {q['features_cosine_min']:.5f}.",
+        "",
+    ]
+
+
+def _dense_section(dc: dict) -> list[str]:
+    t, c = dc["seconds_per_mm2"], dc["cells_per_mm2"]
+    return [
+        "## Dense maps (experimental) — `bench/dense_cost.py`",
+        "",
+        f"{dc['model']} on the CPU, one {dc['area_mm2']} mm² region: seconds per mm² of the "
+        "tile map and of the dense (token) map of the same region.",
+        "",
+        "| | s/mm² | cells/mm² |",
+        "|---|---|---|",
+        f"| tile map, no overlap | {t['tile_map_overlap_0']:.1f} | {c['tile_map_overlap_0']:,} |",
+        f"| tile map, 50 % overlap | {t['tile_map_overlap_50']:.1f} | "
+        f"{c['tile_map_overlap_50']:,} |",
+        f"| dense map, 50 % overlap ({dc['token_um']:.0f} µm tokens) | "
+        f"{t['dense_map_overlap_50']:.1f} | {c['dense_map_overlap_50']:,} |",
+        f"| a new prompt on the kept tokens (text encoding + product) | "
+        f"{t['dense_reprompt']:.2f} | — |",
+        "",
+        f"A dense map costs **{dc['ratio_dense_vs_tile_map_overlap_50']:.2f}×** the tile map "
+        "at the same overlap (the same trunk passes, plus projecting every token) and "
+        f"{dc['ratio_dense_vs_tile_map_overlap_0']:.2f}× a tile map without overlap, for "
+        f"{c['dense_map_overlap_50'] / c['tile_map_overlap_50']:.0f}× more cells than the "
+        "overlapping tile map.",
         "",
     ]
 
