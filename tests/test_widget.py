@@ -705,3 +705,26 @@ def test_sharpen_view_says_which_models_can(setup, qtbot, tiny_model):
     before = len(_notifications())
     widget.sharpen_view()
     assert any("token embeddings (conch)" in m for m in _notifications()[before:])
+
+
+def test_no_tissue_and_close_calls_are_said_plainly(toyed, qtbot):
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    widget.top_k.value = 5
+    widget.run_slide_call()
+    _wait(qtbot, widget)
+    # the colour toy finds perfect tiles of every class: the call is a tie
+    assert "close call" in widget.call_label.value
+    assert widget.status.text().startswith("Slide called")
+    viewer.add_image(
+        np.full((512, 512, 3), 250, np.uint8),
+        rgb=True,
+        name="blank glass",
+        scale=(0.5, 0.5),
+        units=("micrometer", "micrometer"),
+    )
+    widget.layer_combo.value = "blank glass"
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    assert widget.status.text().startswith("No tissue found")

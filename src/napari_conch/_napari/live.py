@@ -131,7 +131,12 @@ class LiveSegmentation:
         """The run ended (done or cancelled): the last, complete redraw."""
         self.draw(final=True)
         live = self.embeddings
-        if live is not None:
+        if live is not None and len(live) == 0:
+            self.say(
+                "No tissue found on this image: nothing to segment. Check the image layer, "
+                "or choose a painted region under Only inside (Slide tab)."
+            )
+        elif live is not None:
             word = "Cancelled" if live.cancelled else "Done"
             self.say(f"{word}: {live.n_done}/{len(live)} tiles embedded.")
         labels = self.session.layer_name("labels")

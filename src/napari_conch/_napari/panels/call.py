@@ -8,6 +8,9 @@ from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 from ..layers import show_tiles
 from ._forms import form, page, rich, row
 
+# Top two classes closer than this in probability: the call says it is a close one.
+CLOSE_CALL = 0.05
+
 
 class CallPanel:
     """One call per slide from the Segment tab's classes (never its background class)."""
@@ -59,7 +62,17 @@ class CallPanel:
             for col, text in enumerate(cells):
                 self.call_table.setItem(r, col, QTableWidgetItem(text))
         untrained = "" if call.trained else " — UNTRAINED model, not a result"
-        self.call_label.value = f"Call: <b>{call.call}</b> (top {call.top_k} tiles){untrained}"
+        ranked = sorted(call.probabilities.values(), reverse=True)
+        close = (
+            f"<br>A close call: the next class is within {ranked[0] - ranked[1]:.3f} in "
+            "probability — read the evidence tiles before trusting it."
+            if len(ranked) > 1 and ranked[0] - ranked[1] < CLOSE_CALL
+            else ""
+        )
+        self.call_label.value = (
+            f"Call: <b>{call.call}</b> (top {call.top_k} tiles){untrained}{close}"
+        )
+        self.runner.say(f"Slide called {call.call}; its evidence tiles are on the slide.")
         s = self.session
         show_tiles(
             self.viewer,
