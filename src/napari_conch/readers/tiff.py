@@ -179,8 +179,14 @@ class _TiffLevelReader(LevelReader):
         super().__init__((height, width), chunks_for(seg, (height, width)))
         self._jpeg_tables = keyframe.jpegtables if keyframe.compression == 7 else None
         self._jpeg_rgb = keyframe.photometric == 2  # RGB-coded JPEG (no YCbCr transform)
-        if _reducible(keyframe, pages, self._planes, self._samples, seg) and self._same_decode():
-            self.reduced_factors = _JPEG_SCALES
+        self._reducible = _reducible(keyframe, pages, self._planes, self._samples, seg)
+        self._reduced: tuple[int, ...] | None = None  # checked on first use, not at open
+
+    @property
+    def reduced_factors(self) -> tuple[int, ...]:
+        if self._reduced is None:
+            self._reduced = _JPEG_SCALES if self._reducible and self._same_decode() else ()
+        return self._reduced
 
     def _read(self, y0, y1, x0, x1):
         sh, sw = self._seg
