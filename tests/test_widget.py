@@ -728,3 +728,34 @@ def test_no_tissue_and_close_calls_are_said_plainly(toyed, qtbot):
     widget.run_segmentation()
     _wait(qtbot, widget)
     assert widget.status.text().startswith("No tissue found")
+
+
+def test_a_second_slides_map_never_overwrites_the_first_ones(toyed, qtbot, tmp_path):
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    first = viewer.layers["colour-toy labels"]
+    first.data = first.data.copy()
+    first.data[0, 0] = 3  # a correction painted on the first slide
+    painted = np.array(first.data)
+    viewer.add_image(
+        np.asarray(viewer.layers["synthetic slide (not real tissue)"].data[1]),
+        rgb=True,
+        name="second",
+        scale=(2.0, 2.0),
+        units=("micrometer", "micrometer"),
+    )
+    widget.layer_combo.value = "second"
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    second = viewer.layers["colour-toy labels [second]"]
+    assert viewer.layers["colour-toy labels"] is first
+    np.testing.assert_array_equal(first.data, painted)  # untouched, fixes kept
+    assert viewer.layers.selection.active is second
+    second.data = second.data.copy()
+    second.data[1, 1] = 2
+    widget.export_results(tmp_path, formats=["ome-tiff"])
+    _wait(qtbot, widget)
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "second.labels.ome.tif"), second.data)

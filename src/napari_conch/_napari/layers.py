@@ -79,9 +79,39 @@ def _find(viewer, name: str, kind: str):
     return None
 
 
-def upsert(viewer, kind: str, name: str, data, **kwargs):
+def slide_of(result) -> str | None:
+    """The name of the slide a result was made on (from its metadata), if it says."""
+    return ((getattr(result, "metadata", None) or {}).get("slide") or {}).get("name")
+
+
+def own_name(viewer, name: str, kind: str, slide: str | None) -> str:
+    """``name``, or ``"name [slide]"`` when a layer called ``name`` already shows another
+    slide's result: a second slide's map never overwrites the first one's (and the
+    corrections painted into it)."""
+    existing = _find(viewer, name, kind)
+    if slide is None or existing is None:
+        return name
+    theirs = existing.metadata.get("napari_conch", {}).get("slide")
+    return name if theirs in (None, slide) else f"{name} [{slide}]"
+
+
+def result_layer(viewer, result):
+    """The layer showing ``result`` (the labels of a segmentation), or None."""
+    for layer in viewer.layers:
+        if layer.metadata.get("napari_conch", {}).get("result") is result:
+            return layer
+    return None
+
+
+def upsert(viewer, kind: str, name: str, data, slide: str | None = None, **kwargs):
     """Add a layer, or update the one of that name and type in place (keeps user settings
-    such as visibility and opacity)."""
+    such as visibility and opacity). ``slide``: the slide the data belongs to — recorded on
+    the layer; another slide's layer of that name is left alone (see :func:`own_name`)."""
+    name = own_name(viewer, name, kind, slide)
+    if slide is not None:
+        metadata = dict(kwargs.get("metadata") or {})
+        metadata["napari_conch"] = {**metadata.get("napari_conch", {}), "slide": slide}
+        kwargs["metadata"] = metadata
     layer = _find(viewer, name, kind)
     if layer is None:
         adder = getattr(viewer, f"add_{kind}")
@@ -134,13 +164,22 @@ def _segmentation_layers(seg, prefix: str, placement: dict) -> list[tuple]:
     """(data, kwargs, kind) of a segmentation's layers: the labels, then each class's
     probability and the uncertainty (hidden) — what the reader returns and what
     :func:`show_segmentation` puts into a viewer."""
+    slide = slide_of(seg)  # which slide's map: another slide's never replaces it
     labels = {
         "name": f"{prefix} labels",
         "opacity": 0.55,
-        "metadata": {"napari_conch": {"result": seg, "classes": list(seg.class_names)}},
+        "metadata": {
+            "napari_conch": {"result": seg, "classes": list(seg.class_names), "slide": slide}
+        },
         **placement,
     }
-    hidden = {"visible": False, "opacity": 0.6, "contrast_limits": (0.0, 1.0), **placement}
+    hidden = {
+        "visible": False,
+        "opacity": 0.6,
+        "contrast_limits": (0.0, 1.0),
+        "metadata": {"napari_conch": {"slide": slide}},
+        **placement,
+    }
     layers = [(seg.labels, labels, "labels")]
     for i, name in enumerate(seg.class_names):
         kwargs = {"name": f"{prefix} p({name})", "colormap": "magma", **hidden}
@@ -184,9 +223,10 @@ def show_segmentation(
     what nobody sees only costs GUI time.
     """
     prefix = prefix or layer_prefix(seg)
+    slide = slide_of(seg)
     shown = []
     for data, kwargs, kind in _segmentation_layers(seg, prefix, _placement(seg, offset_um)):
-        name = kwargs.pop("name")
+        name = own_name(viewer, kwargs.pop("name"), kind, slide)
         existing = _find(viewer, name, kind)
         if kind == "labels":
             classes = existing.metadata.get("napari_conch", {}).get("classes") if existing else None
@@ -195,7 +235,7 @@ def show_segmentation(
                 kwargs.update(_labels_style(seg))
         elif not update_hidden and (existing is None or not existing.visible):
             continue  # live redraws leave hidden (or not yet created) maps for the end
-        shown.append(upsert(viewer, kind, name, data, **kwargs))
+        shown.append(upsert(viewer, kind, name, data, slide=slide, **kwargs))
     return shown
 
 
@@ -203,7 +243,8 @@ def show_similarity(viewer, sim, name: str | None = None, offset_um=(0.0, 0.0)):
     """The heatmap of a similarity map, with a colour bar. Redrawn for a new prompt, it
     keeps what the user set: the colormap always, the contrast limits once changed by hand
     (until then they follow each map's range)."""
-    name = name or f"{layer_prefix(sim)} similarity"
+    slide = slide_of(sim)
+    name = own_name(viewer, name or f"{layer_prefix(sim)} similarity", "image", slide)
     values = sim.values if sim.values.ndim == 2 else sim.values[0]
     limits = tuple(float(v) for v in sim.contrast_limits)
     existing = _find(viewer, name, "image")
@@ -220,6 +261,7 @@ def show_similarity(viewer, sim, name: str | None = None, offset_um=(0.0, 0.0)):
         "image",
         name,
         values,
+        slide=slide,
         opacity=0.55,
         metadata={"napari_conch": {"result": sim, "contrast_limits": limits}},
         **style,

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import NapariConchError
-from .layers import show_scale_bar, show_segmentation
+from .layers import result_layer, show_scale_bar, show_segmentation
 
 LIVE_REDRAW_SECONDS = 0.5
 
@@ -139,9 +139,9 @@ class LiveSegmentation:
         elif live is not None:
             word = "Cancelled" if live.cancelled else "Done"
             self.say(f"{word}: {live.n_done}/{len(live)} tiles embedded.")
-        labels = self.session.layer_name("labels")
-        if labels in self.viewer.layers:  # the result, not a hidden map, is selected
-            self.viewer.layers.selection.active = self.viewer.layers[labels]
+        labels = result_layer(self.viewer, self.session.segmentation)
+        if labels is not None:  # the result, not a hidden map, is selected
+            self.viewer.layers.selection.active = labels
 
     def draw(self, final: bool = False) -> None:
         """Redraw, unless the last redraw was too recent (always when ``final``)."""

@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
     QTableWidgetItem,
 )
 
-from ..layers import layer_prefix
+from ..layers import result_layer
 from ..live import LiveSegmentation, segmentation_steps
 from ..session import tiles_inside_layer
 from ._forms import form, page, rich, row
@@ -332,15 +332,7 @@ class SegmentPanel:
         """The segmentation with the labels as painted in its napari layer."""
         from dataclasses import replace
 
-        name = f"{layer_prefix(seg)} labels"
-        layer = next(
-            (
-                layer
-                for layer in self.viewer.layers
-                if layer.name == name and type(layer).__name__ == "Labels"
-            ),
-            None,
-        )
+        layer = result_layer(self.viewer, seg)
         if layer is not None and np.shape(layer.data) == seg.labels.shape:
             return replace(seg, labels=np.asarray(layer.data).copy())
         return seg
