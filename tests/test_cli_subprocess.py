@@ -121,6 +121,23 @@ def test_similarity_classify_and_retrieve(slides, tmp_path):
     assert out.returncode == 0, out.stderr
     frame = pd.read_csv(hits)
     assert len(frame) == 4 and (np.diff(frame["score"]) <= 0).all()
+    minus = tmp_path / "minus.csv"
+    out = run(
+        "retrieve",
+        *slides,
+        *TINY,
+        "--text",
+        "tumor",
+        "--negative",
+        "necrosis",
+        "-k",
+        "4",
+        "-o",
+        minus,
+        cache=cache,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not np.allclose(pd.read_csv(minus)["score"], frame["score"])  # ranked otherwise
 
 
 def test_evaluate_on_a_folder_dataset(tmp_path):

@@ -369,3 +369,16 @@ def test_common_classes_keep_qupaths_colours_in_any_set():
     assert alone == in_set["tumor"] == (round(200 / 255, 4), 0.0, 0.0, 1.0)
     colours = list(class_colors(["tumor", "stroma", "necrosis", "gland", "mucin"]).values())
     assert len(set(colours)) == len(colours)  # never two classes in one colour
+
+
+def test_retrieval_with_a_negative_ranks_as_the_heatmap_shows(colour_emb):
+    model, emb = colour_emb
+    sim = nc.similarity_map(emb, model, text="necrosis", negative="tumor")
+    hits = retrieve(emb, model, "necrosis", k=10, negative="tumor")
+    values = sim.tile_values
+    expected = np.argsort(-np.where(np.isfinite(values), values, -np.inf), kind="stable")[:10]
+    assert [h.position for h in hits] == list(expected)
+    np.testing.assert_allclose([h.score for h in hits], values[expected], rtol=1e-6)
+    plain = retrieve(emb, model, "necrosis", k=10)
+    assert [h.score for h in plain] != [h.score for h in hits]
+    assert hits.metadata["negative"] == "tumor"

@@ -345,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument(
         "--background", help="phrase for non-tissue: tiles it wins over --text are not hits"
     )
+    retrieve.add_argument("--negative", help="rank by similarity to --text minus this prompt")
     retrieve.add_argument("-o", "--output", type=Path, help="also write the hits (.csv)")
     retrieve.set_defaults(func=cmd_retrieve)
 
@@ -1037,11 +1038,19 @@ def cmd_retrieve(args) -> int:
     from .zeroshot import retrieve
 
     models = _load_models(args, names)
-    _check_prompts(models, background=args.background, texts=[args.text])
+    texts = [args.text, *([args.negative] if args.negative else [])]
+    _check_prompts(models, background=args.background, texts=texts)
     frames = []
     for model in models:
         sources = [_embed(path, model, args)[1] for path in args.slides]
-        found = retrieve(sources, model, args.text, k=args.k, background=args.background)
+        found = retrieve(
+            sources,
+            model,
+            args.text,
+            k=args.k,
+            background=args.background,
+            negative=args.negative,
+        )
         hits = pd.DataFrame([vars(h) for h in found])
         if len(models) > 1:
             hits.insert(0, "model", model.name)

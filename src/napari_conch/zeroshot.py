@@ -417,13 +417,15 @@ def retrieve(
     *,
     region=None,
     background: str | Sequence[str] | None = None,
+    negative: str | Sequence[str] | None = None,
 ) -> Retrieval:
     """The ``k`` tiles most similar to ``text`` across one or many slides' embeddings.
 
     ``source`` is an :class:`Embeddings`, a store path, or a list of them. Several phrases in
     ``text`` are combined (mean of their normalised embeddings) into one query.
     ``background`` (phrases, e.g. ``"background"``) leaves out tiles it wins over the query:
-    the same rule as the maps.
+    the same rule as the maps. ``negative`` ranks by cos(text) − cos(negative), as
+    :func:`similarity_map` draws it.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1; got {k}.")
@@ -431,6 +433,10 @@ def retrieve(
     if not queries:
         raise ValueError("text must be a non-empty prompt or a list of them.")
     query = _mean_direction(model.encode_texts(queries, normalize=True))
+    against = None
+    if negative is not None:
+        negatives = [negative] if isinstance(negative, str) else list(negative)
+        against = _mean_direction(model.encode_texts(negatives, normalize=True))
     backdrop = None
     if background is not None:
         phrases = [background] if isinstance(background, str) else list(background)
@@ -444,6 +450,8 @@ def retrieve(
         scores = projected @ query
         if backdrop is not None:  # a softmax over (query, background) picks the larger cosine
             selected = selected & ~(projected @ backdrop > scores)
+        if against is not None:  # after the background rule, which compares cosines
+            scores = scores - projected @ against
         scores[~selected] = np.nan
         finite = np.flatnonzero(np.isfinite(scores))
         best = finite[np.argsort(-scores[finite], kind="stable")[:k]]
@@ -470,6 +478,8 @@ def retrieve(
             )
     candidates.sort(key=lambda h: -h.score)
     metadata = {"model": _model_info(model), "k": k, "background": background}
+    if negative is not None:
+        metadata["negative"] = negative
     return Retrieval(candidates[:k], queries, metadata)
 
 

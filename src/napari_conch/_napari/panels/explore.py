@@ -231,6 +231,7 @@ class ExplorePanel:
             text,
             int(self.k.value),
             background=background,
+            negative=self.negative.value.strip() or None,  # ranked as the heatmap shows
             on_return=shown,
         )
 
