@@ -35,12 +35,12 @@ from .tiling import TileGrid, cell_tissue_fractions, tile_grid
 from .zeroshot import (
     SegmentationResult,
     SimilarityMap,
-    _colors,
-    _mean_direction,
     _model_info,
     _with_background,
-    decide,
-    normalized_entropy,
+    contrast_limits,
+    query_scores,
+    segmentation_result,
+    text_queries,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,24 +76,11 @@ class DenseTokens:
 
     def similarity(self, model, text, negative=None) -> SimilarityMap:
         """Cosine similarity of every token cell to ``text`` (str or list: one map each)."""
-        queries = [text] if isinstance(text, str) else list(text)
-        if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
-            raise ValueError("text must be a non-empty prompt or a list of them.")
-        vectors = np.asarray(model.encode_texts(queries, normalize=True), np.float32)
+        vectors, labels = text_queries(model, text)
         flat = self.embeddings.reshape(-1, self.embeddings.shape[-1]).astype(np.float32)
-        values = flat @ vectors.T  # (H·W, Q)
-        labels = queries
-        if negative is not None:
-            negatives = [negative] if isinstance(negative, str) else list(negative)
-            neg = _mean_direction(model.encode_texts(negatives, normalize=True))
-            values = values - (flat @ neg)[:, None]
-            labels = [f"{q} − {', '.join(negatives)}" for q in queries]
+        values, labels = query_scores(flat, vectors, labels, model, negative)  # (H·W, Q)
         maps = values.T.reshape(len(labels), *self.looked.shape)
         maps[:, ~self.shown] = np.nan
-        finite = maps[np.isfinite(maps)]
-        limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if limits[0] == limits[1]:
-            limits = (limits[0] - 1e-6, limits[1] + 1e-6)
         single = len(labels) == 1
         return SimilarityMap(
             values=maps[0] if single else maps,
@@ -101,7 +88,7 @@ class DenseTokens:
             queries=labels,
             scale_um=self.lattice.cell_scale_um,
             translate_um=self.lattice.cell_translate_um,
-            contrast_limits=limits,
+            contrast_limits=contrast_limits(maps),
             metadata=self._result_metadata(model, "dense_similarity", queries=labels),
         )
 
@@ -115,46 +102,19 @@ class DenseTokens:
         flat = self.embeddings.reshape(-1, self.embeddings.shape[-1]).astype(np.float32)
         probs = softmax_probabilities(flat @ weights.T, model.logit_scale)  # (H·W, C)
         shown = self.shown
-        probs[~shown.ravel()] = np.nan
-        cells = probs.T.reshape(len(prompt_set.names), *shown.shape)
-        names = prompt_set.names
-        keep = [i for i in range(len(names)) if i != background_index]
-        decided = decide(cells, keep, min_confidence)
-        labels = np.where(shown, decided, 0).clip(min=0).astype(np.uint8)
-        tissue_mm2 = self.lattice.cell_tissue_fraction * self.lattice.cell_area_mm2
-        class_names = [names[i] for i in keep]
-        areas = {
-            n: float(tissue_mm2[(decided == i) & shown].sum())
-            for i, n in enumerate(class_names, start=1)
-        }
-        uncertainty = (
-            normalized_entropy(cells)
-            if len(names) > 1
-            else np.where(shown, 0.0, np.nan).astype(np.float32)
-        )
-        flat_labels = decide(probs.T, keep, min_confidence)
-        return SegmentationResult(
-            labels=labels,
-            probabilities=cells[keep].astype(np.float32),
-            uncertainty=uncertainty,
-            class_names=class_names,
-            colors=_colors(class_names, colors),
-            areas_mm2=areas,
+        probs[~shown.ravel()] = np.nan  # no token looked there, or no tissue: no decision
+        return segmentation_result(
+            probs.T.reshape(len(prompt_set.names), *shown.shape),
+            probs,
+            prompt_set,
+            background_index,
+            min_confidence,
+            shown=shown,
+            tissue_mm2=self.lattice.cell_tissue_fraction * self.lattice.cell_area_mm2,
             scale_um=self.lattice.cell_scale_um,
             translate_um=self.lattice.cell_translate_um,
-            tile_probabilities=probs[:, keep],
-            background_probability=None if background_index is None else cells[background_index],
-            tile_labels=flat_labels,
-            tile_background_probability=(
-                None if background_index is None else probs[:, background_index]
-            ),
-            metadata=self._result_metadata(
-                model,
-                "dense_segment",
-                prompts=prompt_set.to_json(),
-                background=None if background_index is None else names[background_index],
-                min_confidence=min_confidence,
-            ),
+            colors=colors,
+            metadata=self._result_metadata(model, "dense_segment"),
         )
 
     def _result_metadata(self, model, analysis: str, **extra) -> dict:

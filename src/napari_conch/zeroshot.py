@@ -230,18 +230,50 @@ def zero_shot_segment(
     )
     tile_probs[~np.isfinite(cosine).all(axis=1)] = np.nan
     grid = emb.grid
-    cell_probs = cells_from_tiles(grid, tile_probs)  # (C_all, H, W)
+    return segmentation_result(
+        cells_from_tiles(grid, tile_probs),  # (C_all, H, W)
+        tile_probs,
+        prompt_set,
+        background_index,
+        min_confidence,
+        shown=grid.cell_is_tissue,  # the tissue rule: what the map shows
+        tissue_mm2=grid.cell_tissue_fraction * grid.cell_area_mm2,
+        scale_um=grid.cell_scale_um,
+        translate_um=grid.cell_translate_um,
+        colors=colors,
+        metadata=_metadata(emb, model, "zero_shot_segment", selected, missing),
+    )
+
+
+def segmentation_result(
+    cell_probs: np.ndarray,
+    tile_probs: np.ndarray,
+    prompt_set: PromptSet,
+    background_index: int | None,
+    min_confidence,
+    *,
+    shown: np.ndarray,
+    tissue_mm2: np.ndarray,
+    scale_um,
+    translate_um,
+    colors,
+    metadata: dict,
+) -> SegmentationResult:
+    """A :class:`SegmentationResult` from class probabilities per map cell (C_all, H, W) and
+    per tile (N, C_all) — the decision, tissue and area rules every map keeps (tile maps
+    and dense maps alike).
+
+    Cells are decided before the tissue rule blanks them: a class's area is all the tissue
+    of the cells it wins (``tissue_mm2``), cells under half tissue too (drawn unlabelled,
+    but their tissue is measured); ``shown`` cells carry labels and probabilities.
+    """
     names = prompt_set.names
     keep = [i for i in range(len(names)) if i != background_index]
     decided = decide(cell_probs, keep, min_confidence)
-    # A class's area is all the tissue of the cells it wins, cells under half tissue too
-    # (they are drawn unlabelled, but their tissue is measured): parts inside the image only.
-    tissue_mm2 = grid.cell_tissue_fraction * grid.cell_area_mm2
-    tissue = grid.cell_is_tissue  # the tissue rule: what the map shows
-    cell_probs[:, ~tissue] = np.nan
-    labels = np.where(tissue, decided, 0).clip(min=0)
+    cell_probs = cell_probs.copy()
+    cell_probs[:, ~shown] = np.nan
+    labels = np.where(shown, decided, 0).clip(min=0)
     labels = labels.astype(np.uint16 if len(keep) > 254 else np.uint8)
-    tile_labels = decide(tile_probs.T, keep, min_confidence)
     uncertainty = (
         normalized_entropy(cell_probs)
         if len(names) > 1
@@ -251,12 +283,12 @@ def zero_shot_segment(
     areas = {
         name: float(tissue_mm2[decided == i].sum()) for i, name in enumerate(class_names, start=1)
     }
-    metadata = _metadata(emb, model, "zero_shot_segment", selected, missing)
-    metadata.update(
-        prompts=prompt_set.to_json(),
-        background=None if background_index is None else names[background_index],
-        min_confidence=min_confidence,
-    )
+    metadata = {
+        **metadata,
+        "prompts": prompt_set.to_json(),
+        "background": None if background_index is None else names[background_index],
+        "min_confidence": min_confidence,
+    }
     return SegmentationResult(
         labels=labels,
         probabilities=cell_probs[keep].astype(np.float32),
@@ -264,11 +296,11 @@ def zero_shot_segment(
         class_names=class_names,
         colors=_colors(class_names, colors),
         areas_mm2=areas,
-        scale_um=emb.grid.cell_scale_um,
-        translate_um=emb.grid.cell_translate_um,
+        scale_um=tuple(scale_um),
+        translate_um=tuple(translate_um),
         tile_probabilities=tile_probs[:, keep],
         background_probability=None if background_index is None else cell_probs[background_index],
-        tile_labels=tile_labels,
+        tile_labels=decide(tile_probs.T, keep, min_confidence),
         tile_background_probability=(
             None if background_index is None else tile_probs[:, background_index]
         ),
@@ -305,27 +337,15 @@ def similarity_map(
     selected, missing = _prepare(emb, model, region, slide)
     projected = emb.projected(model)
     if text is not None:
-        queries = [text] if isinstance(text, str) else list(text)
-        if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
-            raise ValueError("text must be a non-empty prompt or a list of them.")
-        vectors = np.asarray(model.encode_texts(queries, normalize=True), np.float32)
-        labels = queries
+        vectors, labels = text_queries(model, text)
     else:
         vectors = _exemplar_vector(emb, model, exemplar, projected)[None]
         labels = ["exemplar"]
-    tile_values = projected @ vectors.T  # (N, Q)
-    if negative is not None:
-        negatives = [negative] if isinstance(negative, str) else list(negative)
-        neg = _mean_direction(model.encode_texts(negatives, normalize=True))
-        tile_values = tile_values - (projected @ neg)[:, None]
-        labels = [f"{q} − {', '.join(negatives)}" for q in labels]
+    tile_values, labels = query_scores(projected, vectors, labels, model, negative)  # (N, Q)
     tile_values[~selected] = np.nan
     cells = cells_from_tiles(emb.grid, tile_values)
     cells[:, ~emb.grid.cell_is_tissue] = np.nan  # the tissue rule
-    finite = cells[np.isfinite(cells)]
-    limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if limits[0] == limits[1]:
-        limits = (limits[0] - 1e-6, limits[1] + 1e-6)
+    limits = contrast_limits(cells)
     metadata = _metadata(emb, model, "similarity_map", selected, missing)
     metadata.update(queries=labels, negative=negative)
     single = len(labels) == 1
@@ -481,6 +501,37 @@ def retrieve(
     if negative is not None:
         metadata["negative"] = negative
     return Retrieval(candidates[:k], queries, metadata)
+
+
+def text_queries(model, text) -> tuple[np.ndarray, list[str]]:
+    """Unit text embeddings (Q, D) of one prompt or a list, and the prompts."""
+    queries = [text] if isinstance(text, str) else list(text)
+    if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
+        raise ValueError("text must be a non-empty prompt or a list of them.")
+    return np.asarray(model.encode_texts(queries, normalize=True), np.float32), queries
+
+
+def query_scores(projected, vectors, labels, model, negative=None):
+    """Cosines (N, Q) of joint-space rows to the query vectors, minus their cosine to the
+    negative prompts' mean direction when given; with the queries' labels."""
+    scores = projected @ vectors.T
+    if negative is None:
+        return scores, list(labels)
+    negatives = [negative] if isinstance(negative, str) else list(negative)
+    against = _mean_direction(model.encode_texts(negatives, normalize=True))
+    return (
+        scores - (projected @ against)[:, None],
+        [f"{q} − {', '.join(negatives)}" for q in labels],
+    )
+
+
+def contrast_limits(values: np.ndarray) -> tuple[float, float]:
+    """A map's display range: its finite values' range, never empty."""
+    finite = values[np.isfinite(values)]
+    limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if limits[0] == limits[1]:
+        limits = (limits[0] - 1e-6, limits[1] + 1e-6)
+    return limits
 
 
 def _mean_direction(vectors) -> np.ndarray:
