@@ -80,6 +80,26 @@ def _embed_part(path, model_spec, mpp, grid, cache, tiles, batch_size, decode="f
     return int(result.done[tiles].sum()) if len(tiles) else 0
 
 
+def _submit_shards(client, path, spec, mpp, grid, cache, todo, size, batch_size, decode) -> list:
+    """One :func:`_embed_part` task per ``size`` tiles of ``todo``: the futures."""
+    size = max(1, int(size))
+    return [
+        client.submit(
+            _embed_part,
+            path,
+            spec,
+            mpp,
+            grid,
+            cache,
+            todo[start : start + size],
+            batch_size,
+            decode,
+            pure=False,
+        )
+        for start in range(0, len(todo), size)
+    ]
+
+
 def model_spec(model) -> dict:
     """How workers load ``model``: a name, load_model keywords, or a model that
     :func:`~napari_conch.load_model` made (it remembers how, without the token)."""
@@ -156,21 +176,9 @@ def embed_on_cluster(
     total, already = len(order), len(order) - len(todo)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     size = int(shard_tiles or max(16, -(-len(todo) // (4 * n_workers))))
-    futures = [
-        client.submit(
-            _embed_part,
-            str(slide.path),
-            spec,
-            mpp,
-            grid,
-            cache,
-            todo[start : start + size],
-            batch_size,
-            decode,
-            pure=False,
-        )
-        for start in range(0, len(todo), size)
-    ]
+    futures = _submit_shards(
+        client, str(slide.path), spec, mpp, grid, cache, todo, size, batch_size, decode
+    )
     logger.info(
         "%s: %d tiles to embed in %d shards on %d workers",
         slide.name,
@@ -263,21 +271,19 @@ def embed_slides(
         for plan in plans:
             todo = plan["todo"]
             logger.info("%s: %d of %d tiles to embed", plan["path"], len(todo), len(plan["grid"]))
-            for start in range(0, len(todo), max(1, shard_tiles)):
-                tiles = todo[start : start + shard_tiles]
-                future = client.submit(
-                    _embed_part,
-                    plan["path"],
-                    model_spec,
-                    mpp,
-                    plan["grid"],
-                    cache,
-                    tiles,
-                    batch_size,
-                    decode,
-                    pure=False,
-                )
-                parts.append((plan["path"], future))
+            shards = _submit_shards(
+                client,
+                plan["path"],
+                model_spec,
+                mpp,
+                plan["grid"],
+                cache,
+                todo,
+                shard_tiles,
+                batch_size,
+                decode,
+            )
+            parts += [(plan["path"], future) for future in shards]
         remaining = {p: sum(1 for q, _ in parts if q == p) for p in paths}
         finished = sum(1 for p in paths if remaining[p] == 0)
         if progress is not None:
