@@ -254,7 +254,7 @@ class _TiffLevelReader(LevelReader):
             return np.full((sh, sw, 3), BACKGROUND, np.uint8)
         data = self._read_bytes(offset, count)
         self._count(1, count)
-        pixels = _decode_jpeg_scaled(self._jpeg_stream(data), factor)
+        pixels = _decode_jpeg_scaled(self._jpeg_stream(data), (sh, sw))
         if pixels.shape != (sh, sw, 3):
             raise ValueError(
                 f"a JPEG tile decoded at 1/{factor} size to {pixels.shape[:2]}, not {(sh, sw)}"
@@ -279,7 +279,7 @@ class _TiffLevelReader(LevelReader):
             return False
         try:
             data = self._read_bytes(page.dataoffsets[index], page.databytecounts[index])
-            ours = _decode_jpeg_scaled(self._jpeg_stream(data), 1)
+            ours = _decode_jpeg_scaled(self._jpeg_stream(data))
             theirs = self._decode(data, index, **self._decodeargs)[0][0]
         except Exception as exc:
             logger.debug("reduced JPEG decoding not used on %s: %s", self.label, exc)
@@ -341,8 +341,9 @@ def _reducible(keyframe, pages, planes, samples, seg) -> bool:
     )
 
 
-def _decode_jpeg_scaled(stream: bytes, factor: int) -> np.ndarray:
-    """Decode a JPEG at 1/factor size in the DCT domain (libjpeg-turbo's scaled IDCT).
+def _decode_jpeg_scaled(stream: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a JPEG at ``size`` (h, w: its own divided by 2, 4 or 8; None: full size) in
+    the DCT domain (libjpeg-turbo's scaled IDCT).
 
     At reduced size libjpeg-turbo's SIMD "fancy" chroma upsampling does not apply and makes
     a scaled decode slower than a full one (measured: 0.64 against 0.43 ms for a 256-px
@@ -351,15 +352,11 @@ def _decode_jpeg_scaled(stream: bytes, factor: int) -> np.ndarray:
     """
     import simplejpeg
 
-    if factor == 1:
+    if size is None:
         return simplejpeg.decode_jpeg(stream, colorspace="RGB")
-    height, width = simplejpeg.decode_jpeg_header(stream)[:2]
+    # the size is known from the TIFF tile size: no header parse per tile
     return simplejpeg.decode_jpeg(
-        stream,
-        colorspace="RGB",
-        fastupsample=True,
-        min_height=height // factor,
-        min_width=width // factor,
+        stream, colorspace="RGB", fastupsample=True, min_height=size[0], min_width=size[1]
     )
 
 
