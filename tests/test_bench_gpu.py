@@ -24,4 +24,7 @@ def test_gpu_benchmark_smoke_run_reports_every_figure(tmp_path):
     assert result["agreement"]["fp32"]["min_cosine"] > 0.9999
     assert all(rate > 0 for rate in result["model_only"].values())
     assert result["end_to_end"]["tiles"] > 0 and result["end_to_end"]["tiles_per_s"] > 0
+    for decode in ("jpeg_fast", "jpeg_device"):  # from a JPEG SVS, decoded on CPU / device
+        assert result["end_to_end"][decode]["tiles"] > 0
+        assert result["end_to_end"][decode]["tiles_per_s"] > 0
     assert "end-to-end" in proc.stdout and "model-only" in proc.stdout

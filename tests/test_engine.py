@@ -214,7 +214,9 @@ def test_kill_9_mid_run_then_resume_gives_identical_features(
     assert proc.returncode == -signal.SIGKILL
     store_path = next(tmp_path.rglob("*.zarr"))
     partial = Embeddings.open(store_path)
-    assert 12 <= partial.n_done < len(grid)
+    # the cache writer runs behind the model by at most a few batches: those are lost, the
+    # rest is intact and marked done
+    assert 0 < partial.n_done < len(grid)
     np.testing.assert_array_equal(partial.features[partial.done], reference[partial.done])
     counting = CountingModel(tiny_model)
     resumed = embed(slide_path, counting, grid, cache=tmp_path)

@@ -119,6 +119,7 @@ CORE = (
     "prompts",
     "zeroshot",
     "dense",
+    "device_decode",  # torch and torchvision on first use only
     "export",
 )
 

@@ -78,7 +78,8 @@ def _slide_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cache", default="auto", help="embedding cache folder, 'auto' (default) or 'none'"
     )
-    group.add_argument(
+    decoding = group.add_mutually_exclusive_group()
+    decoding.add_argument(
         "--exact-decode",
         action="store_const",
         const="exact",
@@ -86,7 +87,15 @@ def _slide_options(parser: argparse.ArgumentParser) -> None:
         dest="decode",
         help="decode JPEG tiles in full and resize them as the reference does, instead of "
         "decoding them 2-8× smaller when the model reads a coarser resolution (slower; "
-        "cached apart)",
+        "cached apart); the same as --decode exact",
+    )
+    decoding.add_argument(
+        "--decode",
+        choices=("fast", "exact", "device"),
+        dest="decode",
+        help="fast (default): JPEG tiles 2-8× smaller when the model reads a coarser "
+        "resolution; exact: full decode + the reference resize; device: a batch's JPEG tiles "
+        "decoded in full on the model's device (nvJPEG on a GPU), then resized there",
     )
 
 

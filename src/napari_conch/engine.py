@@ -2,10 +2,11 @@
 
 Reader threads fetch the next batches (whole native tiles, decoded with the GIL released)
 while the model runs the current one; batches travel as uint8 and are resized and
-normalised on the model's device (pinned memory and asynchronous copies on CUDA). Results
-go to the embedding cache after every batch, so an interrupted run resumes where it
-stopped. With ``region=`` (e.g. the napari viewport) the tiles there go first and the rest
-follow outward; ``region_only=True`` computes just those.
+normalised on the model's device (pinned memory and asynchronous copies on CUDA), or, with
+``decode="device"``, are decoded there too. Results go to the embedding cache after every
+batch (from a writer thread, so the model never waits for a chunk's compression), so an
+interrupted run resumes where it stopped. With ``region=`` (e.g. the napari viewport) the
+tiles there go first and the rest follow outward; ``region_only=True`` computes just those.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 _CPU_BATCH = 8
 _MAX_GPU_BATCH = 256
+_MAX_GPU_READERS = 32
 
 
 class CancelToken:
@@ -100,19 +102,23 @@ def embed(
     batch_size : int, optional
         Tiles per model call (CPU: 8; GPU: from free memory).
     workers : int, optional
-        Reader threads (default: up to 4 when the model runs on a GPU; on the CPU half the
-        cores, at least one, up to 4 — readers and the model share the cores there).
+        Reader threads (default: one more than the cores when the model runs on a GPU; on
+        the CPU half the cores, at least one, up to 4 — readers and the model share the
+        cores there).
     dtype : {"float32", "float16"}
         Storage type of the cached features.
     on_batch : callable(positions, features), optional
         Called with every finished batch (for progressive display).
-    decode : {"fast", "exact"}
+    decode : {"fast", "exact", "device"}
         "fast" (default): when the level read is at least twice as fine as the model's
         input (e.g. 0.25 µm/px for CONCH's 0.5) and stores JPEG tiles, decode them 2, 4 or
         8 times smaller in the DCT domain instead of decoding in full and resizing.
         "exact": always decode in full and resize (bicubic, antialiased) as the reference
-        preprocessing does. The two give slightly different pixels, so they are cached
-        apart; docs/embedding.md reports the differences.
+        preprocessing does. "device": decode a batch's JPEG tiles in full on the model's
+        device (nvJPEG on CUDA, through torchvision), then resize there as "exact" does —
+        for GPUs the CPU cannot keep fed; levels without plain JPEG tiles fall back to
+        "fast". The modes give slightly different pixels, so they are cached apart;
+        docs/embedding.md reports the differences.
     client : dask.distributed.Client, optional
         Split the slide's tiles across the client's workers (each loads its own copy of the
         model; ``model`` may also be a name or load_model keywords), all writing to the
@@ -211,19 +217,21 @@ def embed_steps(
     check_model(model)
     grid = grid if grid is not None else tile_grid(slide, model)
     _check_grid(slide, grid)
-    reduce = decode_reduction(slide, grid, model, decode)
+    plan = decode_plan(slide, grid, model, decode)
 
-    if (cache is None or cache is False) and _continues(resume, grid, model, reduce):
+    if (cache is None or cache is False) and _continues(resume, grid, model, plan.label):
         store, live = None, resume
         live.cancelled = False
     elif cache is None or cache is False:
         store = None
-        label = decode_label(reduce) if reduce != 1 else None
+        label = plan.label if plan.label != decode_label(1) else None
         metadata = describe(slide, model, grid, slide_fingerprint(slide), label)
         features = np.full((len(grid), int(model.embed_dim)), np.nan, np.float32)
         live = Embeddings(features, np.zeros(len(grid), bool), grid, metadata, model=model)
     else:
-        store = EmbeddingStore.open_or_create(cache_root(cache), slide, model, grid, dtype, reduce)
+        store = EmbeddingStore.open_or_create(
+            cache_root(cache), slide, model, grid, dtype, decode=plan.label
+        )
         live = store.load(model=model)
     yield live
 
@@ -261,10 +269,12 @@ def embed_steps(
     computed = 0
     try:
         for positions, out, computed, rate in _run(
-            slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, reduce
+            slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, plan
         ):
             yield Progress(min(total, already + computed), total, rate, positions, out)
+        sink.flush()  # every feature in the cache (or its write error raised) before returning
     finally:
+        sink.close()
         if store is not None:
             store.release_run()
     cancelled = _cancelled(cancel) and computed + already < total
@@ -276,12 +286,42 @@ def embed_steps(
     return live
 
 
-DECODE_MODES = ("fast", "exact")
+DECODE_MODES = ("fast", "exact", "device")
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """How a run decodes its tiles: ``reduce`` times smaller on the CPU, or in full on the
+    model's device (``device_reader``)."""
+
+    reduce: int = 1
+    device_reader: object = None  # a device_decode.DeviceTileReader
+
+    @property
+    def label(self) -> str:
+        """As stores and results record it."""
+        if self.device_reader is not None:
+            return self.device_reader.label
+        return decode_label(self.reduce)
+
+
+def decode_plan(slide, grid: TileGrid, model, decode: str = "fast") -> DecodePlan:
+    """The :class:`DecodePlan` of ``decode`` for this slide, grid and model."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}.")
+    if decode == "device":
+        from .device_decode import device_tile_reader
+
+        device = getattr(model, "device", None) or "cpu"
+        reader = device_tile_reader(slide, grid.level, grid.read_px, device)
+        if reader is not None:
+            return DecodePlan(1, reader)
+    return DecodePlan(decode_reduction(slide, grid, model, decode))
 
 
 def decode_reduction(slide, grid: TileGrid, model, decode: str = "fast") -> int:
-    """How many times smaller tiles are decoded: the largest factor the level offers that
-    keeps them at least the model's input size (1: decode in full, then resize)."""
+    """How many times smaller tiles are decoded on the CPU: the largest factor the level
+    offers that keeps them at least the model's input size (1: decode in full, then resize)."""
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}.")
     if decode == "exact":
@@ -291,8 +331,8 @@ def decode_reduction(slide, grid: TileGrid, model, decode: str = "fast") -> int:
     return max(fitting, default=1)
 
 
-def _continues(previous, grid: TileGrid, model, reduce: int = 1) -> bool:
-    """Whether an earlier in-memory run can be continued: same grid, same weights."""
+def _continues(previous, grid: TileGrid, model, label: str) -> bool:
+    """Whether an earlier in-memory run can be continued: same grid, weights and decoding."""
     if previous is None or previous.store_path is not None:
         return False
     made_with = (previous.metadata.get("model") or {}).get("weights_hash")
@@ -300,16 +340,28 @@ def _continues(previous, grid: TileGrid, model, reduce: int = 1) -> bool:
     return (
         previous.grid.signature() == grid.signature()
         and made_with == weights_hash(model)
-        and decoded == decode_label(reduce)
+        and decoded == label
     )
 
 
 class _Sink:
-    """Where finished features go: the cache store (when there is one) and the run's live
-    Embeddings."""
+    """Where finished features go: the run's live Embeddings at once, and the cache store
+    (when there is one) from a writer thread, in order.
+
+    A cache write re-compresses the chunks it touches (tens of ms); on its own thread it
+    overlaps the next batch instead of holding up the model. Tiles are marked done in the
+    store only after their features are written, so an interrupted run loses at most the
+    writes still queued, never the cache's consistency. A failed write is raised from the
+    next :meth:`put` or from :meth:`flush`.
+    """
+
+    _QUEUED_WRITES = 4  # at most this many batches wait for the writer (bounded memory)
 
     def __init__(self, store, live: Embeddings):
         self.store, self.live = store, live
+        self._writes: queue.Queue | None = None
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def pending(self, positions: np.ndarray) -> np.ndarray:
         """Which of ``positions`` still need computing (another process may have done some)."""
@@ -319,27 +371,65 @@ class _Sink:
 
     def put(self, positions: np.ndarray, values: np.ndarray) -> None:
         if self.store is not None:
-            self.store.write(positions, values)
+            self._raise_failed()
             # what the cache holds (float16 storage rounds): the live copy must not differ
             values = values.astype(self.store.features.dtype, copy=False)
+            if self._writer is None:
+                self._writes = queue.Queue(maxsize=self._QUEUED_WRITES)
+                self._writer = threading.Thread(
+                    target=self._write_all, name="napari-conch-cache-writer", daemon=True
+                )
+                self._writer.start()
+            self._writes.put((positions, values))
         self.live.update(positions, values)
+
+    def flush(self) -> None:
+        """Wait until every queued write is in the store; raise a failed write's error."""
+        self.close()
+        self._raise_failed()
+
+    def close(self) -> None:
+        """Finish the queued writes and stop the writer (never raises)."""
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join()
+            self._writer = None
+
+    def _write_all(self) -> None:
+        while True:
+            item = self._writes.get()
+            if item is None:
+                return
+            if self._error is None:  # after a failure, later batches are dropped
+                try:
+                    self.store.write(*item)
+                except BaseException as exc:
+                    self._error = exc
+
+    def _raise_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _default_readers(model) -> int:
-    """Reader threads: on a GPU, enough to keep it fed; on the CPU, decoding competes with
-    the model for the same cores (measured on 2 cores: one reader is 15 % faster than two
-    for a ViT-B/32 and the same for CONCH), so half of them."""
+    """Reader threads. On the CPU, decoding competes with the model for the same cores
+    (measured on 2 cores: one reader is 15 % faster than two for a ViT-B/32 and the same for
+    CONCH), so half of them. On a GPU, which needs the CPU only to feed it, one more than the
+    cores: a reader's Python share then overlaps the others' decoding, which runs without
+    the GIL (measured on 2 cores: 3 readers 5 % faster than 2)."""
     cpus = os.cpu_count() or 1
     on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
-    return max(1, min(4, cpus if on_gpu else cpus // 2))
+    if on_gpu:
+        return min(cpus + 1, _MAX_GPU_READERS)
+    return max(1, min(4, cpus // 2))
 
 
-def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, reduce=1):
+def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, plan):
     """The batch loop: yields (positions, features, tiles computed so far, tiles/s)."""
     start = time.perf_counter()
     computed = 0
     batches = _prefetched_batches(
-        slide, grid, todo, batch_size, workers, prefetch, cancel, model, reduce
+        slide, grid, todo, batch_size, workers, prefetch, cancel, model, plan
     )
     for positions, pixels in batches:
         if _cancelled(cancel):
@@ -362,12 +452,13 @@ def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, 
 
 
 def _as_index(mask: np.ndarray, pixels):
-    """A boolean mask usable on ``pixels`` (numpy, or a pinned torch tensor on CUDA)."""
+    """A boolean mask usable on ``pixels`` (numpy, a pinned host tensor, or a tensor already
+    on the model's device)."""
     if isinstance(pixels, np.ndarray):
         return mask
     import torch
 
-    return torch.from_numpy(mask)
+    return torch.from_numpy(mask).to(pixels.device)
 
 
 def _check_grid(slide: Slide, grid: TileGrid) -> None:
@@ -422,10 +513,13 @@ def _auto_batch_size(model) -> int:
     return int(max(1, min(_MAX_GPU_BATCH, 0.75 * free // per_tile)))
 
 
-def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model, reduce=1):
-    """Yield (positions, uint8 pixels (B, h, w, 3)) while reader threads prepare the next ones."""
+def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel, model, plan):
+    """Yield (positions, uint8 pixels) while reader threads prepare the next ones: numpy
+    (B, h, w, 3), pinned on CUDA; or a (B, 3, h, w) tensor already on the model's device
+    when ``plan`` decodes there."""
     if len(todo) == 0:
         return
+    reduce, on_device = plan.reduce, plan.device_reader
     use_pinned = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
     batches: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
@@ -436,6 +530,12 @@ def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel
     def read(position):
         y, x = coords[position]
         return slide.read_region(int(y), int(x), size, size, level=grid.level, reduce=reduce)
+
+    side = round(size / reduce)  # read_region's size at 1/reduce
+
+    def read_into(batch: np.ndarray, i: int, position) -> None:
+        # each reader copies its tile into the batch: no serial stacking afterwards
+        batch[i] = read(position)
 
     def produce():
         try:
@@ -449,22 +549,32 @@ def _prefetched_batches(slide, grid, todo, batch_size, workers, prefetch, cancel
 
                 def submit_next() -> None:
                     start = next(starts, None)
-                    if start is not None:
-                        chunk = todo[start : start + batch_size]
-                        in_flight.append((chunk, [pool.submit(read, p) for p in chunk]))
+                    if start is None:
+                        return
+                    chunk = todo[start : start + batch_size]
+                    if on_device is not None:  # one batched decode per batch
+                        in_flight.append(
+                            (chunk, None, [pool.submit(on_device.read, coords[chunk])])
+                        )
+                        return
+                    batch = np.empty((len(chunk), side, side, 3), np.uint8)
+                    futures = [pool.submit(read_into, batch, i, p) for i, p in enumerate(chunk)]
+                    in_flight.append((chunk, batch, futures))
 
                 submit_next()
                 submit_next()
                 while in_flight:
                     if stop.is_set() or _cancelled(cancel):
-                        for _, futures in in_flight:
+                        for _, _, futures in in_flight:
                             for future in futures:
                                 future.cancel()
                         break
-                    chunk, futures = in_flight.popleft()
-                    pixels = np.stack([future.result() for future in futures])
+                    chunk, pixels, futures = in_flight.popleft()
+                    results = [future.result() for future in futures]
+                    if on_device is not None:
+                        pixels = results[0]
                     submit_next()
-                    if use_pinned:
+                    if use_pinned and on_device is None:
                         import torch
 
                         pixels = torch.from_numpy(pixels).pin_memory()

@@ -253,6 +253,23 @@ class Slide:
         """Factors ``read_region(..., reduce=)`` decodes at reduced size on ``level``."""
         return tuple(self._readers[level].reduced_factors)
 
+    def jpeg_tile_shape(self, level: int = 0) -> tuple[int, int] | None:
+        """(h, w) of the JPEG tiles ``level`` stores, when :meth:`jpeg_tile` can hand them
+        out undecoded (to decode them elsewhere, e.g. on a GPU); None otherwise."""
+        return self._readers[level].jpeg_tile_shape
+
+    def jpeg_tile(self, level: int, row: int, col: int) -> bytes | None:
+        """The JPEG tile (row, col) of ``level`` as a self-contained stream (shared tables
+        included), undecoded; None for a tile the file never wrote (it reads as white)."""
+        try:
+            return self._readers[level].jpeg_tile(row, col)
+        except (SlideReadError, ValueError, IndexError):
+            raise
+        except Exception as exc:
+            raise SlideReadError(
+                f"Cannot read JPEG tile ({row}, {col}) of {self._where()} level {level}: {exc}"
+            ) from exc
+
     def _read(self, level, y0, y1, x0, x1, reduce: int = 1) -> np.ndarray:
         try:
             if reduce != 1:

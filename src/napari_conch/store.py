@@ -111,12 +111,14 @@ def slide_fingerprint(slide: Slide) -> str:
     return h.hexdigest()
 
 
-def store_signature(fingerprint: str, model, grid: TileGrid, dtype: str, reduce: int = 1) -> dict:
+def store_signature(
+    fingerprint: str, model, grid: TileGrid, dtype: str, decode: str | None = None
+) -> dict:
     """Everything that must match for cached features to be reused.
 
-    ``reduce`` > 1: tiles were decoded at 1/reduce size (JPEG, DCT domain) instead of a
-    full decode and resize — other pixels, so other features (an exact run's signature is
-    the one stores had before reduced decoding existed).
+    ``decode``: how tiles were decoded (:func:`decode_label`, or a device decoder's label)
+    when not the exact path's full decode and resize — other pixels, so other features (an
+    exact run's signature is the one stores had before other decodings existed).
     """
     signature = {
         "version": STORE_VERSION,
@@ -135,8 +137,8 @@ def store_signature(fingerprint: str, model, grid: TileGrid, dtype: str, reduce:
         "grid": grid.signature(),
         "dtype": dtype,
     }
-    if reduce != 1:
-        signature["preprocessing"]["decode"] = decode_label(reduce)
+    if decode is not None and decode != decode_label(1):
+        signature["preprocessing"]["decode"] = decode
     return signature
 
 
@@ -182,12 +184,12 @@ class EmbeddingStore:
         model,
         grid: TileGrid,
         dtype: str = "float32",
-        reduce: int = 1,
+        decode: str | None = None,
     ) -> EmbeddingStore:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {dtype!r}.")
         fingerprint = slide_fingerprint(slide)
-        signature = store_signature(fingerprint, model, grid, dtype, reduce)
+        signature = store_signature(fingerprint, model, grid, dtype, decode)
         stem = Path(slide.name).stem if slide.name else "slide"
         path = (
             Path(root)

@@ -87,7 +87,9 @@ class ColourToyModel:
         scale = 255.0 if np.issubdtype(x.dtype, np.floating) else 1.0
         x = x.astype(np.float32) * np.float32(scale)
         if x.shape[-1] != 3:
-            x = np.moveaxis(x, 1, -1)
+            # one canonical layout: numpy's sums run in another order over a permuted view,
+            # and features must not depend on how the tiles arrived
+            x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
         brightest = x.max(axis=-1)
         saturation = (brightest - x.min(axis=-1)) / np.maximum(brightest, 1e-6)
         glass = (saturation < self.GLASS_SATURATION).mean(axis=(1, 2)) * self.GLASS_WEIGHT

@@ -82,6 +82,9 @@ class LevelReader:
     # Factors this level decodes at reduced size for less than a full decode (JPEG: in the
     # DCT domain). Empty: none.
     reduced_factors: tuple[int, ...] = ()
+    # (h, w) of the JPEG tiles this level stores and hands out undecoded (jpeg_tile), for a
+    # decoder elsewhere (nvJPEG on a GPU). None: it does not.
+    jpeg_tile_shape: tuple[int, int] | None = None
 
     def __init__(self, shape: tuple[int, int], chunks: tuple[int, int]):
         self.shape = (int(shape[0]), int(shape[1]))
@@ -114,9 +117,11 @@ class LevelReader:
         if factor not in self.reduced_factors:
             raise ValueError(f"{self.label} cannot decode at 1/{factor} size")
         h, w = y1 - y0, x1 - x0
-        out = np.full((max(h, 0), max(w, 0), 3), BACKGROUND, np.uint8)
         H, W = self.shape[0] // factor, self.shape[1] // factor
         cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, H), max(x0, 0), min(x1, W)
+        if (cy0, cy1, cx0, cx1) == (y0, y1, x0, x1) and h > 0 and w > 0:
+            return self._read_reduced(y0, y1, x0, x1, factor)  # inside: no padding to copy into
+        out = np.full((max(h, 0), max(w, 0), 3), BACKGROUND, np.uint8)
         if cy1 > cy0 and cx1 > cx0:
             out[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self._read_reduced(
                 cy0, cy1, cx0, cx1, factor
@@ -125,6 +130,11 @@ class LevelReader:
 
     def _read_reduced(self, y0: int, y1: int, x0: int, x1: int, factor: int) -> np.ndarray:
         raise NotImplementedError
+
+    def jpeg_tile(self, row: int, col: int) -> bytes | None:
+        """Tile (row, col) as a self-contained JPEG stream, undecoded; None where the file
+        never wrote it (it reads as white). Only where :attr:`jpeg_tile_shape` is set."""
+        raise ValueError(f"{self.label} does not store JPEG tiles that can be handed out.")
 
     def _count(self, segments: int, nbytes: int) -> None:
         with self._count_lock:

@@ -188,6 +188,26 @@ class _TiffLevelReader(LevelReader):
             self._reduced = _JPEG_SCALES if self._reducible and self._same_decode() else ()
         return self._reduced
 
+    @property
+    def jpeg_tile_shape(self) -> tuple[int, int] | None:
+        return self._seg if self._reducible else None
+
+    def jpeg_tile(self, row: int, col: int) -> bytes | None:
+        if not self._reducible:
+            return super().jpeg_tile(row, col)
+        if not (0 <= row < self._rows and 0 <= col < self._cols):
+            raise IndexError(
+                f"{self.label} has {self._rows} × {self._cols} tiles; no ({row}, {col})."
+            )
+        page = self._pages[0]
+        index = row * self._cols + col
+        count = page.databytecounts[index]
+        if not count:  # sparse file: a tile that was never written
+            return None
+        data = self._read_bytes(page.dataoffsets[index], count)
+        self._count(1, count)
+        return self._jpeg_stream(data)
+
     def _read(self, y0, y1, x0, x1):
         sh, sw = self._seg
         r0, r1 = y0 // sh, (y1 - 1) // sh
