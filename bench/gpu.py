@@ -10,7 +10,10 @@ CUDA and reports, in one run:
   fraction of the GPU's measured bf16 matrix-multiply rate that it reaches
   (CONCH at 448 px ≈ 157 GFLOP per tile);
 * **end-to-end** tiles/s of ``nc.embed`` (reader threads, pinned host buffers, non-blocking
-  copies, the engine's own batching) over an in-memory slide, and end-to-end / model-only.
+  copies, the engine's own batching) and end-to-end / model-only: over an in-memory slide
+  (no decoding), and from a JPEG SVS at 0.25 µm/px (448-px tiles from 896-px reads) with
+  ``decode="fast"`` (half-size JPEG decoding on the CPU's cores) and ``decode="device"``
+  (the batch's JPEG tiles decoded by nvJPEG on the GPU).
 
 Without CUDA (or with ``--smoke``) it runs the same code on the CPU with a handful of tiles
 and CONCH's code at small widths (``conch_tiny``): a smoke test that the script works (the
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,23 +126,39 @@ def model_only(device, precision, batch, seconds, compile_model=False) -> float:
     return count / (time.perf_counter() - start)
 
 
-def end_to_end(device, precision, side_px: int, batch: int | None) -> tuple[float, int]:
-    """Tiles/s of nc.embed over an in-memory slide (reading, batching, copies, model)."""
+def in_memory_slide(side_px: int):
+    """A tiled synthetic slide held in memory at 0.5 µm/px: reading costs no decoding."""
     synth = nc.synthetic_slide(size=min(4096, side_px), seed=1)
     base = np.asarray(synth.slide.levels[0])
     reps = max(1, side_px // base.shape[0])
-    image = np.tile(base, (reps, reps, 1))
-    slide = nc.Slide.from_array(image, mpp=0.5, name="tiled synthetic")
-    model = _model(device, precision)
+    return nc.Slide.from_array(np.tile(base, (reps, reps, 1)), mpp=0.5, name="tiled synthetic")
+
+
+def end_to_end(model, slide, batch: int | None, decode: str = "fast") -> tuple[float, int]:
+    """Tiles/s of nc.embed over ``slide`` (reading, decoding, batching, copies, model)."""
+    device = model.device
     grid = nc.tile_grid(slide, model, tissue=False)
     warm = nc.synthetic_slide(size=512).slide  # kernels chosen, memory allocated
     nc.embed(warm, model, nc.tile_grid(warm, model, tissue=False), cache=None, batch_size=batch)
     start = time.perf_counter()
-    emb = nc.embed(slide, model, grid, cache=None, batch_size=batch)
+    emb = nc.embed(slide, model, grid, cache=None, batch_size=batch, decode=decode)
     _sync(device)
     elapsed = time.perf_counter() - start
     assert emb.complete
+    decoded = str(emb.metadata.get("decode"))
+    if decode == "device" and device.type == "cuda" and "on cuda" not in decoded:
+        print(f"  (decode='device' fell back to the CPU: {decoded})")
     return len(grid) / elapsed, len(grid)
+
+
+def jpeg_svs(directory: Path, side_px: int) -> Path:
+    """A JPEG SVS at 0.25 µm/px (256-px tiles), as scanners write them."""
+    sys.path.insert(0, str(HERE.parent / "tests"))  # the slide writers live with the tests
+    from read_tiles import make_slide
+
+    path = directory / "bench.svs"
+    make_slide(path, max(2048, side_px // 2048 * 2048))
+    return path
 
 
 def main(argv=None) -> dict:
@@ -149,7 +169,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seconds", type=float, default=4.0, help="per model-only timing")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 512])
-    parser.add_argument("--side", type=int, default=16384, help="end-to-end slide side (px)")
+    parser.add_argument("--side", type=int, default=16384, help="in-memory slide side (px)")
+    parser.add_argument(
+        "--jpeg-side", type=int, default=32768, help="JPEG SVS side (px at 0.25 µm/px)"
+    )
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "gpu.json")
     args = parser.parse_args(argv)
@@ -159,7 +182,7 @@ def main(argv=None) -> dict:
         device = torch.device(args.device)
     smoke = args.smoke or device.type != "cuda"
     if smoke:
-        args.seconds, args.batches, args.side = 0.5, [2], 1024
+        args.seconds, args.batches, args.side, args.jpeg_side = 0.5, [2], 1024, 2048
         MODEL["name"] = "conch_tiny"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(f"device: {device} ({name}); torch {torch.__version__}; smoke={smoke}")
@@ -192,16 +215,32 @@ def main(argv=None) -> dict:
             share = f", {rate * GFLOP_PER_TILE / 1e3 / peak:.0%} of bf16 peak" if peak else ""
             print(f"model-only {precision:>4} batch {batch:>4}: {rate:8.1f} tiles/s{share}")
     save_result(result, args.output)  # kept if a later stage fails
-    auto = _model(device, "auto").precision
+    model = _model(device, "auto")
+    auto = model.precision
     e2e_batch = None if not smoke else 2
-    rate, n = end_to_end(device, auto, args.side, e2e_batch)
+    rate, n = end_to_end(model, in_memory_slide(args.side), e2e_batch)
     ratio = rate / best[auto] if best.get(auto) else None
     result["end_to_end"] = {"precision": auto, "tiles": n, "tiles_per_s": rate, "ratio": ratio}
     print(
-        f"end-to-end ({auto}, engine's own batch size, {n} tiles): {rate:.1f} tiles/s"
-        + (f" = {ratio:.2f} × model-only" if ratio else "")
+        f"end-to-end ({auto}, engine's own batch size, {n} tiles, in memory): {rate:.1f} "
+        "tiles/s" + (f" = {ratio:.2f} × model-only" if ratio else "")
     )
     save_result(result, args.output)
+    with tempfile.TemporaryDirectory() as tmp:
+        svs = nc.open_slide(jpeg_svs(Path(tmp), args.jpeg_side))
+        for decode in ("fast", "device"):
+            rate, n = end_to_end(model, svs, e2e_batch, decode)
+            ratio = rate / best[auto] if best.get(auto) else None
+            result["end_to_end"][f"jpeg_{decode}"] = {
+                "tiles": n,
+                "tiles_per_s": rate,
+                "ratio": ratio,
+            }
+            print(
+                f"end-to-end from a JPEG SVS, decode={decode!r} ({n} tiles): {rate:.1f} tiles/s"
+                + (f" = {ratio:.2f} × model-only" if ratio else "")
+            )
+            save_result(result, args.output)
     if args.compile:
         for precision in _precisions(device)[1:] or ["fp32"]:
             batch = args.batches[-1]
