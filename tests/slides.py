@@ -44,6 +44,20 @@ def write_svs(path, levels, mpp=0.25, tile=256, compression="zlib", app_mag=40):
             tw.write(level, tile=(tile, tile), description=desc, **opts)
 
 
+def write_rgb_jpeg_tiff(path, image, tile=256):
+    """A tiled TIFF whose JPEG tiles store R, G, B as they are (photometric RGB, no YCbCr
+    transform): the flavour whose colours a decoder must be told about."""
+    tifffile.imwrite(
+        path,
+        image,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": 95, "outcolorspace": "rgb"},
+    )
+    assert tifffile.TiffFile(path).pages[0].photometric == 2
+
+
 def write_ome_tiff(path, levels, mpp=0.5, tile=256, unit="µm"):
     """A pyramidal OME-TIFF (levels in SubIFDs) with PhysicalSizeX/Y."""
     with tifffile.TiffWriter(path, bigtiff=True) as tw:

@@ -8,9 +8,8 @@ import logging
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from slides import pyramid, tissue_like, write_svs
+from slides import pyramid, tissue_like, write_rgb_jpeg_tiff, write_svs
 
 import napari_conch as nc
 from napari_conch import device_decode
@@ -69,14 +68,7 @@ def test_coarser_levels_and_unwritten_tiles(jpeg_svs, monkeypatch):
 def test_rgb_coded_jpeg_keeps_its_colours(tmp_path):
     image = tissue_like(512, 512, seed=5)
     path = tmp_path / "rgb.tif"
-    tifffile.imwrite(
-        path,
-        image,
-        tile=(256, 256),
-        photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": 95, "outcolorspace": "rgb"},
-    )
+    write_rgb_jpeg_tiff(path, image)
     slide = nc.open_slide(path, mpp=0.25)
     reader = device_tile_reader(slide, 0, 512, "cpu")
     assert reader is not None

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
-from slides import pyramid, tissue_like, write_svs
+from slides import pyramid, tissue_like, write_rgb_jpeg_tiff, write_svs
 
 import napari_conch as nc
 from napari_conch.engine import decode_reduction
@@ -51,15 +50,7 @@ def test_only_jpeg_tiles_offer_it_and_rgb_coded_jpeg_keeps_its_colours(tmp_path)
     write_svs(tmp_path / "zlib.svs", [image], mpp=0.25, compression="zlib")
     assert nc.open_slide(tmp_path / "zlib.svs").reduced_factors(0) == ()
     path = tmp_path / "rgb.tif"
-    tifffile.imwrite(
-        path,
-        image,
-        tile=(256, 256),
-        photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": 95, "outcolorspace": "rgb"},
-    )
-    assert tifffile.TiffFile(path).pages[0].photometric == 2  # R, G, B as stored
+    write_rgb_jpeg_tiff(path, image)
     slide = nc.open_slide(path, mpp=0.25)
     assert slide.reduced_factors(0) == (2, 4, 8)
     small = slide.read_region(0, 0, 512, 512, reduce=2)
