@@ -759,3 +759,39 @@ def test_a_second_slides_map_never_overwrites_the_first_ones(toyed, qtbot, tmp_p
     import tifffile
 
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "second.labels.ome.tif"), second.data)
+
+
+def test_a_second_slides_points_never_overwrite_the_first_ones(toyed, qtbot):
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    widget.prompt.value = "tumor"
+    _wait(qtbot, widget)
+    widget.k.value = 4
+    widget.run_retrieval()
+    _wait(qtbot, widget)
+    widget.start_exemplars()
+    exemplars = viewer.layers["colour-toy exemplars"]
+    grid = widget.session.grid
+    exemplars.add(grid.coords[len(grid) // 2] * grid.mpp + grid.tile_um / 2)  # a tile's centre
+    _wait(qtbot, widget)
+    first_hits = np.array(viewer.layers["colour-toy retrieval"].data)
+    viewer.add_image(
+        np.asarray(viewer.layers["synthetic slide (not real tissue)"].data[1])[:, ::-1],
+        rgb=True,
+        name="second",
+        scale=(2.0, 2.0),
+        units=("micrometer", "micrometer"),
+    )
+    widget.layer_combo.value = "second"
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    widget.run_retrieval()
+    _wait(qtbot, widget)
+    # the first slide's hits stay where they were found; the second's get their own layer
+    np.testing.assert_array_equal(viewer.layers["colour-toy retrieval"].data, first_hits)
+    assert len(viewer.layers["colour-toy retrieval [second]"].data) == 4
+    widget.start_exemplars()  # a fresh exemplar layer: the first slide's points are not reused
+    assert viewer.layers.selection.active.name == "colour-toy exemplars [second]"
+    assert len(viewer.layers["colour-toy exemplars [second]"].data) == 0
+    assert len(exemplars.data) == 1

@@ -284,8 +284,16 @@ def _points_on_top(viewer) -> None:
             layers.move(index, len(layers))
 
 
-def show_tiles(viewer, records: list[dict], name: str, offset_um=(0.0, 0.0), color="yellow"):
-    """Tile centres as points with their score (and rank) as features and text."""
+def show_tiles(
+    viewer,
+    records: list[dict],
+    name: str,
+    offset_um=(0.0, 0.0),
+    color="yellow",
+    slide: str | None = None,
+):
+    """Tile centres as points with their score (and rank) as features and text. ``slide``:
+    the slide they were found on (another slide's points of that name are left alone)."""
     if records:
         points = np.array(
             [[r["y_um"] + r["size_um"] / 2, r["x_um"] + r["size_um"] / 2] for r in records]
@@ -303,6 +311,7 @@ def show_tiles(viewer, records: list[dict], name: str, offset_um=(0.0, 0.0), col
         "points",
         name,
         points,
+        slide=slide,
         features=features,
         size=size * 0.3,
         face_color=color,

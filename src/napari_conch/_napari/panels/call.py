@@ -80,5 +80,6 @@ class CallPanel:
             s.layer_name("evidence"),
             s.source.offset_um,
             "magenta",
+            slide=s.source.slide.name,
         )
         s.call = call

@@ -7,7 +7,7 @@ from magicgui.widgets import Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
 from ...errors import NapariConchError
-from ..layers import camera, show_segmentation, show_similarity, show_tiles
+from ..layers import camera, own_name, show_segmentation, show_similarity, show_tiles
 from ._forms import form, page, row
 
 PROMPT_DEBOUNCE_MS = 350
@@ -161,18 +161,26 @@ class ExplorePanel:
         except Exception as exc:
             self.runner.error(exc)
 
+    def exemplar_layer_name(self) -> str:
+        """This slide's exemplar layer: another slide's exemplars are never reused here."""
+        s = self.session
+        slide = s.source.slide.name if s.source is not None else None
+        return own_name(self.viewer, s.layer_name("exemplars"), "points", slide)
+
     def start_exemplars(self) -> None:
         """Add (or select) the exemplar Points layer; each change redraws the exemplar map."""
-        name = self.session.layer_name("exemplars")
+        name = self.exemplar_layer_name()
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
         else:
+            slide = self.session.source.slide.name if self.session.source else None
             layer = self.viewer.add_points(
                 np.zeros((0, 2)),
                 name=name,
                 size=20,
                 face_color="cyan",
                 units=("micrometer", "micrometer"),
+                metadata={"napari_conch": {"slide": slide}},
             )
             layer.events.data.connect(lambda _event: self.update_exemplar())
         self.viewer.layers.selection.active = layer
@@ -182,7 +190,7 @@ class ExplorePanel:
     def update_exemplar(self):
         from ...zeroshot import similarity_map
 
-        name = self.session.layer_name("exemplars")
+        name = self.exemplar_layer_name()
         if name not in self.viewer.layers or len(self.viewer.layers[name].data) == 0:
             return None
         layer = self.viewer.layers[name]
@@ -221,7 +229,13 @@ class ExplorePanel:
         def shown(result):
             s = self.session
             s.hits, s.hit_index = [vars(hit) for hit in result.hits], -1
-            show_tiles(self.viewer, s.hits, s.layer_name("retrieval"), s.source.offset_um)
+            show_tiles(
+                self.viewer,
+                s.hits,
+                s.layer_name("retrieval"),
+                s.source.offset_um,
+                slide=s.source.slide.name,
+            )
             self.step_hit(1)
 
         return self.runner.start(
