@@ -135,6 +135,18 @@ def test_defaults_come_from_the_model(tiny_model):
     assert grid.cell_translate_um == pytest.approx((447.5 * 0.25, 447.5 * 0.25))
 
 
+def test_tiles_too_small_for_the_models_input_are_warned_about(tiny_model, caplog):
+    slide = _lazy_slide((5000, 7000), 0.25, (1, 4, 16))
+    with caplog.at_level("WARNING", logger="napari_conch.tiling"):
+        tile_grid(slide, tiny_model, tissue=False)  # 224 µm: read 896 px, shrunk to 448
+        tile_grid(slide, tiny_model, tissue=False, tile_um=56)  # 224 px → 448: twice, fine
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="napari_conch.tiling"):
+        grid = tile_grid(slide, tiny_model, tissue=False, tile_um=8)  # 32 px → 448
+    assert grid.read_px == 32
+    assert "enlarged 14.0×" in caplog.text and "224 µm tiles at 0.5 µm/px" in caplog.text
+
+
 def test_tissue_filter_keeps_tissue_tiles():
     synth = synthetic_slide(size=2048, seed=2)
     slide = synth.slide

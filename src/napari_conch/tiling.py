@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 
@@ -18,6 +19,11 @@ import numpy as np
 
 from .slide import as_slide
 from .tissue import TissueMask, tissue_mask
+
+logger = logging.getLogger(__name__)
+
+# Enlarging the pixels read more than this to the model's input shows it blur, not detail.
+_MAX_ENLARGEMENT = 2.0
 
 DEFAULT_MIN_TISSUE = 0.1
 # A map cell is labelled only where at least this fraction of it (of its part inside the
@@ -366,6 +372,22 @@ def tile_grid(
     cols = _count(W, tile_px, stride_px)
     level = slide.level_for_mpp(target_mpp)
     read_px = max(1, round(tile_px / slide.downsamples[level]))
+    if input_size > _MAX_ENLARGEMENT * read_px:
+        name = getattr(model, "name", "the model")
+        logger.warning(
+            "%g µm tiles are %d px on %s at %.3g µm/px and get enlarged %.1f× to %s's %d-px "
+            "input: the model sees blur, not finer detail (it was made for %.0f µm tiles at "
+            "%g µm/px). Use larger tiles (tile_um) or a finer scan.",
+            tile_um,
+            read_px,
+            slide.name,
+            mpp * slide.downsamples[level],
+            input_size / read_px,
+            name,
+            input_size,
+            input_size * target_mpp,
+            target_mpp,
+        )
 
     ii, jj = np.meshgrid(
         np.arange(rows, dtype=np.int32), np.arange(cols, dtype=np.int32), indexing="ij"
