@@ -95,7 +95,8 @@ def _slide_options(parser: argparse.ArgumentParser) -> None:
         dest="decode",
         help="fast (default): JPEG tiles 2-8× smaller when the model reads a coarser "
         "resolution; exact: full decode + the reference resize; device: a batch's JPEG tiles "
-        "decoded in full on the model's device (nvJPEG on a GPU), then resized there",
+        "decoded in full on the model's device (nvJPEG on a GPU), then resized there (slides "
+        "without plain JPEG tiles fall back to fast, with a log line). Each is cached apart",
     )
 
 
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "napari-conch embed *.svs",
             "napari-conch embed *.svs --scheduler tcp://10.0.0.1:8786 --cache /shared/cache",
+            "napari-conch embed big.svs --device cuda --decode device  # JPEG decoded on the GPU",
         ],
     )
     embed.add_argument("slides", nargs="+")
