@@ -147,3 +147,43 @@ def test_the_command_line_chooses_the_decoding(tmp_path):
     assert "None" in decodes  # the exact path's store is the one made before decode existed
     with pytest.raises(SystemExit):
         main(["embed", str(jpeg_svs), "--exact-decode", "--decode", "device"])
+
+
+def test_the_agreement_check_looks_at_tissue_not_at_blank_glass(tmp_path, monkeypatch, caplog):
+    image = np.full((1024, 1024, 3), 255, np.uint8)  # glass, tissue only in one corner
+    image[640:, 640:] = tissue_like(384, 384, seed=9)
+    path = tmp_path / "corner.svs"
+    write_svs(path, [image], mpp=0.25, compression="jpeg")
+    slide = nc.open_slide(path)
+    assert DeviceTileReader(slide, 0, 256, "cpu").agreement()["max"] <= 1
+    # a decoder that swaps red and blue: invisible on white glass, plain on tissue
+    real = DeviceTileReader._decode
+    monkeypatch.setattr(
+        DeviceTileReader,
+        "_decode",
+        lambda self, keys: {k: t.flip(0) for k, t in real(self, keys).items()},
+    )
+    with caplog.at_level(logging.WARNING, logger="napari_conch.device_decode"):
+        assert device_tile_reader(slide, 0, 256, "cpu") is None
+    assert "differ from the CPU's" in caplog.text
+
+
+def test_a_tile_the_decoder_cannot_read_names_the_slide_and_the_tile(jpeg_svs, monkeypatch):
+    slide = nc.open_slide(jpeg_svs)
+    reader = DeviceTileReader(slide, 0, 300, "cpu")
+    real = slide.jpeg_tile
+    monkeypatch.setattr(
+        slide,
+        "jpeg_tile",
+        lambda level, r, c: b"\xff\xd8not a jpeg" if (r, c) == (1, 1) else real(level, r, c),
+    )
+    with pytest.raises(nc.SlideReadError, match=r"(?s)scan\.svs level 0 .*decode='fast'"):
+        reader.read(np.array([[200, 200]]))
+    assert reader.read(np.array([[600, 600]])).shape == (1, 3, 300, 300)  # others still read
+
+
+def test_devices_torchvision_cannot_decode_on_fall_back_to_the_cpu(jpeg_svs, caplog):
+    slide = nc.open_slide(jpeg_svs)
+    with caplog.at_level(logging.INFO, logger="napari_conch.device_decode"):
+        assert device_tile_reader(slide, 0, 256, "mps") is None
+    assert "not on mps" in caplog.text

@@ -126,3 +126,35 @@ def test_embed_with_a_client_needs_a_file_a_cache_and_a_loadable_model(tmp_path,
 
     with pytest.raises(TypeError, match="load_model"):
         model_spec(Homemade())
+
+
+def test_a_worker_that_filled_another_store_is_an_error():
+    from napari_conch.distributed import _check_store
+
+    assert _check_store({"done": 5, "store": "/c/a.zarr"}, "/c/a.zarr", "s.svs") == 5
+    with pytest.raises(RuntimeError, match="decode tiles differently"):
+        _check_store({"done": 5, "store": "/c/b.zarr"}, "/c/a.zarr", "s.svs")
+
+
+@pytest.mark.slow
+def test_device_decoding_on_a_cluster_fills_the_store_a_worker_planned(tmp_path):
+    """decode="device" depends on the workers' devices: a worker picks the store, every
+    shard fills it, and the result is a local device-decoding run's."""
+    from dask.distributed import Client, LocalCluster
+
+    synth = nc.synthetic_slide(size=1536, seed=22)
+    path = tmp_path / "jpeg.svs"
+    levels = [lv.compute() for lv in synth.slide.levels]
+    write_svs(path, levels, mpp=0.5, tile=256, compression="jpeg")
+    model = nc.load_model(**SPEC)
+    grid = nc.tile_grid(path, model, overlap=0.5)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        result = nc.embed(
+            path, model, grid, cache=tmp_path / "cache", client=client, decode="device"
+        )
+    assert result.complete and result.metadata["decode"].startswith("JPEG in full on cpu")
+    local = nc.embed(path, model, grid, cache=tmp_path / "cache", decode="device")
+    assert local.store_path == result.store_path and local.complete

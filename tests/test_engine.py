@@ -405,3 +405,17 @@ def test_the_napari_layer_leaves_the_cache_to_the_engine():
         text = path.read_text()
         for word in ("EmbeddingStore", "slide_fingerprint", "store import", "cache_root("):
             assert word not in text, (path.name, word)
+
+
+def test_what_a_caller_does_to_a_batchs_features_never_reaches_the_cache(
+    slide_path, tiny_model, grid, reference, tmp_path
+):
+    """Cache writes run behind the model on their own thread: the features a callback sees
+    are not the ones queued for the cache."""
+
+    def scribble(positions, features):
+        features[:] = -1.0
+
+    emb = embed(slide_path, tiny_model, grid, cache=tmp_path, on_batch=scribble, batch_size=3)
+    np.testing.assert_array_equal(emb.features, reference)
+    np.testing.assert_array_equal(Embeddings.open(emb.store_path).features, reference)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import SlideReadError
 from .readers.base import BACKGROUND
 from .slide import Slide
 
@@ -32,6 +34,13 @@ logger = logging.getLogger(__name__)
 # The first tile decoded both ways may differ by the decoders' rounding (nvJPEG against
 # libjpeg-turbo: a few levels); a wrong colour transform differs by tens of levels.
 _AGREEMENT_MEAN_LEVELS = 2.0
+# Compared: the tiles with the most JPEG data (tissue, not glass) among a spread of the level's.
+_AGREEMENT_SAMPLES = 3
+_AGREEMENT_SPREAD = 5  # per axis
+# Devices a batch of JPEG tiles is decoded on: CUDA (nvJPEG) and the CPU (libjpeg-turbo, one
+# thread: for checks — decode="fast" is quicker there). torchvision decodes on the CPU for
+# any other device, which would mislabel the run.
+_DEVICE_TYPES = ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,12 @@ class DeviceTileReader:
                 "the device."
             )
         self.slide, self.level, self.size = slide, int(level), int(size)
-        self.device = torch.device(device)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            # pinned now: reader threads would otherwise each take their own current device
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        self._streams = threading.local()  # one CUDA side stream per reader thread
         self.tile_shape = shape
         self.level_shape = tuple(slide.levels[level].shape[:2])
         self.downsample = slide.downsamples_yx[level]
@@ -72,7 +86,26 @@ class DeviceTileReader:
         return f"JPEG in full on {self.device.type} (torchvision), then resized"
 
     def read(self, coords) -> torch.Tensor:
-        """Model tiles at level-0 corners ``coords`` (N, 2) as (N, 3, size, size) uint8."""
+        """Model tiles at level-0 corners ``coords`` (N, 2) as (N, 3, size, size) uint8.
+
+        On CUDA the work runs on this thread's own stream and is finished when this returns:
+        the decoder's buffers are then free to reuse, and the caller may use the tiles on any
+        stream (it must ``record_stream`` them there before letting them go, as the engine
+        does, so their memory is not reused while its work is queued).
+        """
+        if self.device.type != "cuda":
+            return self._read(coords)
+        import torch
+
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.device(self.device), torch.cuda.stream(stream):
+            out = self._read(coords)
+        stream.synchronize()
+        return out
+
+    def _read(self, coords):
         import torch
 
         plans = [self._plan(y, x) for y, x in np.asarray(coords).reshape(-1, 2)]
@@ -91,26 +124,49 @@ class DeviceTileReader:
                 out[b, :, dy : dy + y1 - y0, dx : dx + x1 - x0] = tile[:, y0:y1, x0:x1]
         return out
 
-    def agreement(self) -> dict[str, float]:
-        """Max and mean difference (levels) between this decoder and the CPU's exact path on
-        the level's first stored tile (``{}`` when the level has none)."""
+    def agreement(self, samples: int = _AGREEMENT_SAMPLES) -> dict[str, float]:
+        """Max and mean difference (levels) between this decoder and the CPU's exact path,
+        over the ``samples`` stored tiles with the most JPEG data among a spread of the
+        level's tiles — tissue rather than blank glass, where a wrong colour transform
+        shows (``{}`` when the level stores none)."""
         th, tw = self.tile_shape
         rows = math.ceil(self.level_shape[0] / th)
         cols = math.ceil(self.level_shape[1] / tw)
-        for row in range(rows):
-            for col in range(cols):
-                if self.slide.jpeg_tile(self.level, row, col) is None:
-                    continue
-                fy, fx = self.downsample
-                y, x = row * th, col * tw
-                h, w = min(th, self.level_shape[0] - y), min(tw, self.level_shape[1] - x)
-                ours = self._decode([(row, col)])[(row, col)][:, :h, :w]
-                ours = ours.permute(1, 2, 0).cpu().numpy().astype(np.int16)
-                corner = (math.ceil(y * fy), math.ceil(x * fx))  # level-0 corner of the tile
-                exact = self.slide.read_region(*corner, h, w, level=self.level)
-                diff = np.abs(ours - exact.astype(np.int16))
-                return {"max": float(diff.max()), "mean": float(diff.mean())}
-        return {}
+        spread = {
+            (int(r), int(c))
+            for r in np.linspace(0, rows - 1, min(rows, _AGREEMENT_SPREAD)).round()
+            for c in np.linspace(0, cols - 1, min(cols, _AGREEMENT_SPREAD)).round()
+        }
+        sizes = {key: len(self.slide.jpeg_tile(self.level, *key) or b"") for key in spread}
+        keys = sorted((k for k in spread if sizes[k]), key=lambda k: -sizes[k])[:samples]
+        if not keys:
+            return {}
+        decoded = self._decode_on_device(keys)
+        worst, total, count = 0.0, 0.0, 0
+        fy, fx = self.downsample
+        for row, col in keys:
+            y, x = row * th, col * tw
+            h, w = min(th, self.level_shape[0] - y), min(tw, self.level_shape[1] - x)
+            ours = decoded[(row, col)][:, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.int16)
+            corner = (math.ceil(y * fy), math.ceil(x * fx))  # level-0 corner of the tile
+            exact = self.slide.read_region(*corner, h, w, level=self.level)
+            diff = np.abs(ours - exact.astype(np.int16))
+            worst, total, count = (
+                max(worst, float(diff.max())),
+                total + diff.sum(),
+                count + diff.size,
+            )
+        return {"max": worst, "mean": float(total / count), "tiles": len(keys)}
+
+    def _decode_on_device(self, keys) -> dict:
+        if self.device.type != "cuda":
+            return self._decode(keys)
+        import torch
+
+        with torch.cuda.device(self.device):
+            decoded = self._decode(keys)
+            torch.cuda.synchronize(self.device)
+        return decoded
 
     def _plan(self, y, x) -> list[_Piece]:
         fy, fx = self.downsample
@@ -139,13 +195,35 @@ class DeviceTileReader:
         if not stored:
             return {}
         data = [torch.frombuffer(bytearray(streams[key]), dtype=torch.uint8) for key in stored]
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        try:
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError as exc:
+            raise SlideReadError(
+                f"Cannot decode JPEG tiles {_keys(stored)} of {self.slide.name} level "
+                f"{self.level} on {self.device}: {exc}. decode='fast' decodes them on the CPU."
+            ) from exc
+        expected = (3, *self.tile_shape)
+        for key, image in zip(stored, images, strict=True):
+            if tuple(image.shape) != expected:
+                raise SlideReadError(
+                    f"JPEG tile {key} of {self.slide.name} level {self.level} decoded to "
+                    f"{tuple(image.shape)}, not the {expected} its TIFF tile size says."
+                )
         return dict(zip(stored, images, strict=True))
 
 
 def device_tile_reader(slide: Slide, level: int, size: int, device) -> DeviceTileReader | None:
     """A :class:`DeviceTileReader` when ``level`` stores JPEG tiles that ``device`` decodes
-    like the CPU does (checked on one tile); None, with the reason logged, otherwise."""
+    like the CPU does (checked on a few tissue tiles); None, with the reason logged,
+    otherwise."""
+    kind = getattr(device, "type", str(device).split(":")[0])
+    if kind not in _DEVICE_TYPES:
+        logger.info(
+            "decode='device' decodes on CUDA (or the CPU), not on %s: decoding on the CPU as "
+            "decode='fast' does instead.",
+            kind,
+        )
+        return None
     if slide.jpeg_tile_shape(level) is None:
         logger.info(
             "%s level %d does not store plain JPEG tiles: decoding on the CPU instead.",
@@ -181,10 +259,18 @@ def device_tile_reader(slide: Slide, level: int, size: int, device) -> DeviceTil
         )
         return None
     logger.info(
-        "Decoding %s's JPEG tiles on %s (first tile against the CPU: max %.0f, mean %.3f levels).",
+        "Decoding %s's JPEG tiles on %s (%d tissue tiles against the CPU: max %.0f, mean %.3f "
+        "levels)%s.",
         slide.name,
         reader.device,
+        agreement.get("tiles", 0),
         agreement.get("max", 0.0),
         agreement.get("mean", 0.0),
+        "; on the CPU, decode='fast' is quicker" if reader.device.type == "cpu" else "",
     )
     return reader
+
+
+def _keys(keys) -> str:
+    shown = ", ".join(str(k) for k in keys[:4])
+    return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")

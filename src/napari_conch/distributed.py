@@ -49,16 +49,17 @@ def worker_model(spec):
         return model
 
 
-def _plan(path, model_spec, mpp, grid_options, cache, decode="fast"):
-    """Worker task: open the slide, lay out the grid, open its store (the engine's first
-    step, nothing computed); report what is left."""
+def _plan(path, model_spec, mpp, grid_options, cache, decode="fast", grid=None):
+    """Worker task: open the slide, lay out the grid (or take ``grid``), open its store (the
+    engine's first step, nothing computed); report what is left."""
     from .engine import embed_steps
     from .slide import open_slide
     from .tiling import tile_grid
 
     slide = open_slide(path, mpp=mpp)
     model = worker_model(model_spec)
-    grid = tile_grid(slide, model, **grid_options)
+    if grid is None:
+        grid = tile_grid(slide, model, **grid_options)
     steps = embed_steps(slide, model, grid, cache=cache, decode=decode)
     live = next(steps)
     steps.close()
@@ -77,7 +78,20 @@ def _embed_part(path, model_spec, mpp, grid, cache, tiles, batch_size, decode="f
     result = embed(
         slide, model, grid, cache=cache, tiles=tiles, batch_size=batch_size, decode=decode
     )
-    return int(result.done[tiles].sum()) if len(tiles) else 0
+    done = int(result.done[tiles].sum()) if len(tiles) else 0
+    return {"done": done, "store": str(result.store_path)}
+
+
+def _check_store(part: dict, planned, path) -> int:
+    """The tiles a finished :func:`_embed_part` stored, after checking it wrote to the store
+    that was planned (workers that decode differently would each fill a store of their own)."""
+    if str(part["store"]) != str(planned):
+        raise RuntimeError(
+            f"A worker stored features of {path} in {part['store']}, not in {planned}: the "
+            "workers decode tiles differently (decode='device' on workers with and without a "
+            "GPU?). Use decode='fast', or give every worker the same kind of device."
+        )
+    return int(part["done"])
 
 
 def _submit_shards(client, path, spec, mpp, grid, cache, todo, size, batch_size, decode) -> list:
@@ -168,11 +182,21 @@ def embed_on_cluster(
     grid = grid if grid is not None else tile_grid(slide, model)
     mpp = slide.mpp if slide.metadata.get("mpp_source") == "argument" else None
 
-    steps = embed_steps(slide, model, grid, cache=cache, decode=decode)
-    live = next(steps)  # the store, opened or created here once; nothing computed
-    steps.close()
+    if decode == "device":
+        # how tiles decode depends on the workers' devices, not on this process's: a worker
+        # opens the store the others will fill
+        plan = client.submit(_plan, str(slide.path), spec, mpp, {}, cache, decode, grid=grid)
+        plan = plan.result()
+        store_path = plan["store"]
+        done = np.ones(len(grid), bool)
+        done[plan["todo"]] = False
+    else:
+        steps = embed_steps(slide, model, grid, cache=cache, decode=decode)
+        live = next(steps)  # the store, opened or created here once; nothing computed
+        steps.close()
+        store_path, done = live.store_path, live.done
     order = _order(grid, region, False, tiles)
-    todo = order[~live.done[order]]
+    todo = order[~done[order]]
     total, already = len(order), len(order) - len(todo)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     size = int(shard_tiles or max(16, -(-len(todo) // (4 * n_workers))))
@@ -191,7 +215,7 @@ def embed_on_cluster(
         progress(done, total, 0.0)
     try:
         for future in as_completed(futures):
-            done += future.result()  # re-raises a worker's error here
+            done += _check_store(future.result(), store_path, slide.name)  # or a worker's error
             if progress is not None:
                 rate = (done - already) / max(time.perf_counter() - started, 1e-9)
                 progress(min(done, total), total, rate)
@@ -199,7 +223,7 @@ def embed_on_cluster(
                 break
     finally:
         client.cancel([f for f in futures if not f.done()])
-    result = Embeddings.open(live.store_path, model=model)
+    result = Embeddings.open(store_path, model=model)
     result.cancelled = _cancelled(cancel) and not result.done[order].all()
     return result
 
@@ -236,7 +260,7 @@ def embed_slides(
         Slides with more tiles to do than this are split into shards of this size, so one
         huge slide also spreads over workers.
     progress : callable(done_slides, total_slides), optional
-    decode : {"fast", "exact"}
+    decode : {"fast", "exact", "device"}
         As for :func:`~napari_conch.embed`.
     **grid_options
         ``tile_um``, ``stride_um``, ``overlap``, ``tissue``, ``min_tissue`` for
@@ -289,9 +313,10 @@ def embed_slides(
         if progress is not None:
             progress(finished, len(paths))
         by_future = {f: p for p, f in parts}
+        planned = {plan["path"]: plan["store"] for plan in plans}
         for future in as_completed([f for _, f in parts]):
-            future.result()  # re-raise worker errors here
             path = by_future[future]
+            _check_store(future.result(), planned[path], path)  # or a worker's error
             remaining[path] -= 1
             if remaining[path] == 0:
                 finished += 1

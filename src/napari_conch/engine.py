@@ -372,8 +372,10 @@ class _Sink:
     def put(self, positions: np.ndarray, values: np.ndarray) -> None:
         if self.store is not None:
             self._raise_failed()
-            # what the cache holds (float16 storage rounds): the live copy must not differ
-            values = values.astype(self.store.features.dtype, copy=False)
+            # what the cache holds (float16 storage rounds): the live copy must not differ.
+            # A copy: callers get `values` back (Progress, on_batch) and may change it
+            # before the writer thread has stored it.
+            values = values.astype(self.store.features.dtype, copy=True)
             if self._writer is None:
                 self._writes = queue.Queue(maxsize=self._QUEUED_WRITES)
                 self._writer = threading.Thread(
@@ -432,6 +434,7 @@ def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, 
         slide, grid, todo, batch_size, workers, prefetch, cancel, model, plan
     )
     for positions, pixels in batches:
+        _used_on_this_stream(pixels)
         if _cancelled(cancel):
             return
         pending = sink.pending(positions)
@@ -449,6 +452,16 @@ def _run(slide, model, grid, todo, sink, batch_size, workers, prefetch, cancel, 
         sink.put(positions, out)
         computed += len(positions)
         yield positions, out, computed, computed / max(time.perf_counter() - start, 1e-9)
+
+
+def _used_on_this_stream(pixels) -> None:
+    """Tiles decoded on a reader thread's CUDA stream are used on this one: tell the
+    allocator, so their memory is not handed back to the reader while the model's work on
+    them is still queued."""
+    if getattr(getattr(pixels, "device", None), "type", None) == "cuda":
+        import torch
+
+        pixels.record_stream(torch.cuda.current_stream(pixels.device))
 
 
 def _as_index(mask: np.ndarray, pixels):
