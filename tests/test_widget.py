@@ -30,6 +30,14 @@ def _wait(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: not widget._workers, timeout=timeout)
 
 
+def _choose_new_slide(viewer, widget, pixels, name: str, mpp: float) -> None:
+    """Open ``pixels`` as another slide (an RGB layer in µm) and choose it in the widget."""
+    viewer.add_image(
+        pixels, rgb=True, name=name, scale=(mpp, mpp), units=("micrometer", "micrometer")
+    )
+    widget.layer_combo.value = name
+
+
 def _notifications():
     from napari.utils.notifications import notification_manager
 
@@ -547,14 +555,13 @@ def test_the_tissue_mask_is_shown_in_micrometres(toyed, qtbot):
 
 def test_cancel_then_run_continues_on_an_in_memory_image(toyed, qtbot):
     viewer, widget = toyed
-    viewer.add_image(
+    _choose_new_slide(
+        viewer,
+        widget,
         np.asarray(viewer.layers["synthetic slide (not real tissue)"].data[0]),
-        rgb=True,
-        name="in memory",
-        scale=(0.5, 0.5),
-        units=("micrometer", "micrometer"),
+        "in memory",
+        0.5,
     )
-    widget.layer_combo.value = "in memory"
     slow = CountingModel(widget.session.model, delay=0.2)
     widget.set_model(slow)
     widget.batch.value = 4
@@ -610,14 +617,7 @@ def test_another_slide_leaves_nothing_of_the_last_ones_results(toyed, qtbot):
     widget.run_segmentation()
     _wait(qtbot, widget)
     assert widget.export_button.enabled and widget.last_segmentation is not None
-    viewer.add_image(
-        np.zeros((512, 512, 3), np.uint8),
-        rgb=True,
-        name="other",
-        scale=(0.5, 0.5),
-        units=("micrometer", "micrometer"),
-    )
-    widget.layer_combo.value = "other"
+    _choose_new_slide(viewer, widget, np.zeros((512, 512, 3), np.uint8), "other", 0.5)
     # exporting now would write the first slide's map under the second one's name
     assert not widget.export_button.enabled
     assert widget.last_segmentation is None and widget.session.embeddings is None
@@ -717,14 +717,7 @@ def test_no_tissue_and_close_calls_are_said_plainly(toyed, qtbot):
     # the colour toy finds perfect tiles of every class: the call is a tie
     assert "close call" in widget.call_label.value
     assert widget.status.text().startswith("Slide called")
-    viewer.add_image(
-        np.full((512, 512, 3), 250, np.uint8),
-        rgb=True,
-        name="blank glass",
-        scale=(0.5, 0.5),
-        units=("micrometer", "micrometer"),
-    )
-    widget.layer_combo.value = "blank glass"
+    _choose_new_slide(viewer, widget, np.full((512, 512, 3), 250, np.uint8), "blank glass", 0.5)
     widget.run_segmentation()
     _wait(qtbot, widget)
     assert widget.status.text().startswith("No tissue found")
@@ -738,14 +731,13 @@ def test_a_second_slides_map_never_overwrites_the_first_ones(toyed, qtbot, tmp_p
     first.data = first.data.copy()
     first.data[0, 0] = 3  # a correction painted on the first slide
     painted = np.array(first.data)
-    viewer.add_image(
+    _choose_new_slide(
+        viewer,
+        widget,
         np.asarray(viewer.layers["synthetic slide (not real tissue)"].data[1]),
-        rgb=True,
-        name="second",
-        scale=(2.0, 2.0),
-        units=("micrometer", "micrometer"),
+        "second",
+        2.0,
     )
-    widget.layer_combo.value = "second"
     widget.run_segmentation()
     _wait(qtbot, widget)
     second = viewer.layers["colour-toy labels [second]"]
@@ -776,14 +768,13 @@ def test_a_second_slides_points_never_overwrite_the_first_ones(toyed, qtbot):
     exemplars.add(grid.coords[len(grid) // 2] * grid.mpp + grid.tile_um / 2)  # a tile's centre
     _wait(qtbot, widget)
     first_hits = np.array(viewer.layers["colour-toy retrieval"].data)
-    viewer.add_image(
+    _choose_new_slide(
+        viewer,
+        widget,
         np.asarray(viewer.layers["synthetic slide (not real tissue)"].data[1])[:, ::-1],
-        rgb=True,
-        name="second",
-        scale=(2.0, 2.0),
-        units=("micrometer", "micrometer"),
+        "second",
+        2.0,
     )
-    widget.layer_combo.value = "second"
     widget.run_segmentation()
     _wait(qtbot, widget)
     widget.run_retrieval()
