@@ -419,3 +419,31 @@ def test_what_a_caller_does_to_a_batchs_features_never_reaches_the_cache(
     emb = embed(slide_path, tiny_model, grid, cache=tmp_path, on_batch=scribble, batch_size=3)
     np.testing.assert_array_equal(emb.features, reference)
     np.testing.assert_array_equal(Embeddings.open(emb.store_path).features, reference)
+
+
+def test_default_cpu_batches_are_whole_pieces_of_what_the_model_computes_at_once(tmp_path):
+    """PLIP computes 16 tiles at a time on the CPU: a default batch of 8 would be padded to
+    16, computing 8 tiles for nothing."""
+    toy = nc.load_model("colour-toy")
+
+    class InPiecesOf16(type(toy)):
+        cpu_micro_batch = 16
+        sizes: list
+
+        def encode_images(self, images):
+            self.sizes.append(len(images))
+            return super().encode_images(images)
+
+    model = InPiecesOf16()
+    model.sizes = []
+    synth = nc.synthetic_slide(size=1024, seed=3)
+    grid = nc.tile_grid(synth.slide, model, tissue=False)
+    assert len(grid) > 16
+    nc.embed(synth.slide, model, grid, cache=None)
+    assert set(model.sizes[:-1]) == {16}
+    toy_sizes = []
+    toy.encode_images = lambda images, real=toy.encode_images: (
+        toy_sizes.append(len(images)) or real(images)
+    )
+    nc.embed(synth.slide, toy, grid, cache=None)
+    assert toy_sizes[0] == 8  # one tile at a time: the usual 8

@@ -172,12 +172,15 @@ def test_settings_are_remembered_but_never_the_token(make_napari_viewer, setting
     widget.checkpoint.value = "/weights/pytorch_model.bin"
     widget.token.value = "hf_SECRET_TOKEN_123"
     widget.overlap.value = 0.75
+    # the batch size is the engine's own choice (for the model and device) unless set
+    assert widget.batch.value == 0 and widget.batch.native.currentText() == "auto"
     widget.set_classes({"gland": ["gland", "crypt"], "stroma": ["stroma"]})
     widget.settings.save()
     settings.sync()
     again = ConchWidget(viewer, settings=settings)
     assert again.checkpoint.value == "/weights/pytorch_model.bin"
     assert again.overlap.value == 0.75
+    assert again.batch.value == 0
     assert again.prompt_set().classes == {"gland": ["gland", "crypt"], "stroma": ["stroma"]}
     assert again.token.value == ""
     assert "hf_SECRET_TOKEN_123" not in (tmp_path / "settings.ini").read_text()
@@ -634,7 +637,7 @@ def test_damaged_settings_fall_back_to_defaults(make_napari_viewer, settings):
     }.items():
         settings.setValue(key, value)
     widget = ConchWidget(make_napari_viewer(), settings=settings)
-    assert widget.overlap.value == 0.0 and widget.batch.value == 8
+    assert widget.overlap.value == 0.0 and widget.batch.value == 0  # auto
     assert widget.precision.value == "auto"
     assert widget.prompt_set().names == ["tumor", "stroma", "necrosis", "background"]
     assert widget.background_class() == "background"

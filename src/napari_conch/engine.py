@@ -100,7 +100,8 @@ def embed(
     tiles : array of int, optional
         Compute only these tile positions (used to split a slide across workers).
     batch_size : int, optional
-        Tiles per model call (CPU: 8; GPU: from free memory).
+        Tiles per model call (CPU: 8, or a multiple of the model's ``cpu_micro_batch``;
+        GPU: from free memory).
     workers : int, optional
         Reader threads (default: one more than the cores when the model runs on a GPU; on
         the CPU half the cores, at least one, up to 4 — readers and the model share the
@@ -514,7 +515,10 @@ def _order(grid: TileGrid, region, region_only: bool, tiles) -> np.ndarray:
 def _auto_batch_size(model) -> int:
     device = getattr(model, "device", None)
     if device is None or getattr(device, "type", "cpu") != "cuda":
-        return _CPU_BATCH
+        # a multiple of the pieces the model computes at once on the CPU (PLIP: 16): a
+        # smaller batch would be padded up to a whole piece, computing tiles for nothing
+        piece = max(1, int(getattr(model, "cpu_micro_batch", 1) or 1))
+        return piece * -(-_CPU_BATCH // piece)
     import torch
 
     free, _ = torch.cuda.mem_get_info(device)

@@ -51,7 +51,7 @@ class WidgetSettings:
         with contextlib.suppress(TypeError, ValueError):  # an ini store gives strings
             _set_choice(sl.overlap, float(st.value("overlap_fraction", 0.0) or 0.0))
         with contextlib.suppress(TypeError, ValueError):
-            sl.batch.value = int(st.value("batch", 8) or 8)
+            _set_choice(sl.batch, int(st.value("batch", 0) or 0))  # 0: auto
         self._restore_classes(st.value("classes", None))
 
     def _restore_classes(self, saved) -> None:

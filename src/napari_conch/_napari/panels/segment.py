@@ -228,7 +228,7 @@ class SegmentPanel:
             prompts,
             self.slide_panel.viewport_region(),
             self._cancel,
-            int(self.slide_panel.batch.value),
+            int(self.slide_panel.batch.value) or None,  # 0: the engine's choice
             self.slide_panel.cache(),
             s.embeddings,
             on_yield=live.step,

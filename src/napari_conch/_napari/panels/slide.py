@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton
 from qtpy.QtWidgets import QFileDialog
 
 from ..layers import show_mask, viewport_um
@@ -10,6 +10,8 @@ from ..session import slide_from_layer
 from ._forms import form, page, row
 
 OVERLAPS = (("0 %", 0.0), ("50 %", 0.5), ("75 %", 0.75))
+# 0: the engine's own choice for the model and device
+BATCH_SIZES = (("auto", 0), *((str(n), n) for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)))
 TISSUE_DETECTION = "(tissue detection)"
 
 
@@ -59,7 +61,14 @@ class SlidePanel:
             "(75 %: 16×).",
         )
         self.overlap.changed.connect(self.invalidate_grid)
-        self.batch = SpinBox(label="Batch", min=1, max=512, value=8, tooltip="Tiles per model call")
+        self.batch = ComboBox(
+            label="Batch",
+            choices=BATCH_SIZES,
+            value=0,
+            tooltip="Tiles per model call. auto: what suits the model and the device (on the "
+            "CPU a multiple of the pieces the model computes at once; on a GPU from its free "
+            "memory).",
+        )
         self.cache_on_disk = CheckBox(
             text="cache embeddings on disk (slides opened from files)", value=True, label=""
         )
