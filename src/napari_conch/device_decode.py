@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import SlideReadError
-from .readers.base import BACKGROUND
+from .readers.base import BACKGROUND, segment_pieces
 from .slide import Slide
 
 if TYPE_CHECKING:
@@ -174,17 +174,12 @@ class DeviceTileReader:
         H, W = self.level_shape
         cy0, cy1 = max(ly, 0), min(ly + self.size, H)
         cx0, cx1 = max(lx, 0), min(lx + self.size, W)
-        th, tw = self.tile_shape
-        pieces = []
-        for row in range(cy0 // th, (cy1 - 1) // th + 1) if cy1 > cy0 else ():
-            for col in range(cx0 // tw, (cx1 - 1) // tw + 1) if cx1 > cx0 else ():
-                sy, sx = row * th, col * tw
-                y0, y1 = max(cy0, sy), min(cy1, sy + th)
-                x0, x1 = max(cx0, sx), min(cx1, sx + tw)
-                pieces.append(
-                    _Piece((row, col), (y0 - sy, y1 - sy, x0 - sx, x1 - sx), (y0 - ly, x0 - lx))
-                )
-        return pieces
+        if cy1 <= cy0 or cx1 <= cx0:  # wholly outside: white
+            return []
+        return [
+            _Piece(key, inside, (dy + cy0 - ly, dx + cx0 - lx))
+            for key, inside, (dy, dx) in segment_pieces(cy0, cy1, cx0, cx1, self.tile_shape)
+        ]
 
     def _decode(self, keys) -> dict:
         import torch

@@ -69,6 +69,19 @@ def read_yx(array, axes: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     return data
 
 
+def segment_pieces(y0: int, y1: int, x0: int, x1: int, seg: tuple[int, int]):
+    """Where a grid of ``seg`` (h, w) storage segments meets the box [y0:y1, x0:x1] (non-empty,
+    inside the level): ``((row, col), (sy0, sy1, sx0, sx1), (dy, dx))`` per segment touched —
+    its grid position, the part of it inside the box, and that part's corner in the box."""
+    sh, sw = seg
+    for row in range(y0 // sh, (y1 - 1) // sh + 1):
+        ty0, ty1 = max(y0, row * sh), min(y1, (row + 1) * sh)
+        for col in range(x0 // sw, (x1 - 1) // sw + 1):
+            tx0, tx1 = max(x0, col * sw), min(x1, (col + 1) * sw)
+            inside = (ty0 - row * sh, ty1 - row * sh, tx0 - col * sw, tx1 - col * sw)
+            yield (row, col), inside, (ty0 - y0, tx0 - x0)
+
+
 class LevelReader:
     """One pyramid level: ``shape`` (H, W), preferred ``chunks`` (h, w), ``read()`` a box.
 

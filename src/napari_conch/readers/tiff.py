@@ -26,6 +26,7 @@ from .base import (
     SegmentCache,
     chunks_for,
     read_yx,
+    segment_pieces,
     to_rgb_uint8,
     unit_to_um,
     valid_mpp,
@@ -199,8 +200,11 @@ class _TiffLevelReader(LevelReader):
             raise IndexError(
                 f"{self.label} has {self._rows} × {self._cols} tiles; no ({row}, {col})."
             )
+        return self._stored_jpeg(row * self._cols + col)
+
+    def _stored_jpeg(self, index: int) -> bytes | None:
+        """JPEG tile ``index`` as a self-contained stream; None where it was never written."""
         page = self._pages[0]
-        index = row * self._cols + col
         count = page.databytecounts[index]
         if not count:  # sparse file: a tile that was never written
             return None
@@ -209,25 +213,17 @@ class _TiffLevelReader(LevelReader):
         return self._jpeg_stream(data)
 
     def _read(self, y0, y1, x0, x1):
-        sh, sw = self._seg
-        r0, r1 = y0 // sh, (y1 - 1) // sh
-        c0, c1 = x0 // sw, (x1 - 1) // sw
         channels = self._samples * self._planes * len(self._pages)
         out = np.empty((y1 - y0, x1 - x0, channels), self._dtype)
         for p_i, page in enumerate(self._pages):
             for plane in range(self._planes):
-                for r in range(r0, r1 + 1):
-                    for c in range(c0, c1 + 1):
-                        index = (plane * self._rows + r) * self._cols + c
-                        segment, (sy, sx) = self._segment(p_i, page, index)
-                        ch0 = (p_i * self._planes + plane) * self._samples
-                        ty0, tx0 = max(y0, sy), max(x0, sx)
-                        ty1 = min(y1, sy + segment.shape[0])
-                        tx1 = min(x1, sx + segment.shape[1])
-                        if ty1 > ty0 and tx1 > tx0:
-                            out[
-                                ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0, ch0 : ch0 + self._samples
-                            ] = segment[ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx]
+                ch0 = (p_i * self._planes + plane) * self._samples
+                for (r, c), (a0, a1, b0, b1), (dy, dx) in segment_pieces(y0, y1, x0, x1, self._seg):
+                    index = (plane * self._rows + r) * self._cols + c
+                    segment = self._segment(p_i, page, index)[0]
+                    out[dy : dy + a1 - a0, dx : dx + b1 - b0, ch0 : ch0 + self._samples] = segment[
+                        a0:a1, b0:b1
+                    ]
         return to_rgb_uint8(out, self._note)
 
     def _segment(self, p_i, page, index):
@@ -250,35 +246,24 @@ class _TiffLevelReader(LevelReader):
     # -- reduced-size decoding (JPEG in the DCT domain) ------------------------------------
 
     def _read_reduced(self, y0, y1, x0, x1, factor):
-        sh, sw = self._seg[0] // factor, self._seg[1] // factor
+        seg = (self._seg[0] // factor, self._seg[1] // factor)
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-        page = self._pages[0]
-        for r in range(y0 // sh, (y1 - 1) // sh + 1):
-            for c in range(x0 // sw, (x1 - 1) // sw + 1):
-                index = r * self._cols + c
-                segment = self._cache.get_or_compute(
-                    (self._index, "reduced", factor, index),
-                    lambda index=index: _Reduced(self._decode_reduced(page, index, factor)),
-                ).pixels
-                sy, sx = r * sh, c * sw
-                ty0, tx0, ty1, tx1 = max(y0, sy), max(x0, sx), min(y1, sy + sh), min(x1, sx + sw)
-                out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = segment[
-                    ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx
-                ]
+        for (r, c), (a0, a1, b0, b1), (dy, dx) in segment_pieces(y0, y1, x0, x1, seg):
+            index = r * self._cols + c
+            segment = self._cache.get_or_compute(
+                (self._index, "reduced", factor, index),
+                lambda index=index: _Reduced(self._decode_reduced(index, seg)),
+            ).pixels
+            out[dy : dy + a1 - a0, dx : dx + b1 - b0] = segment[a0:a1, b0:b1]
         return out
 
-    def _decode_reduced(self, page, index, factor) -> np.ndarray:
-        sh, sw = self._seg[0] // factor, self._seg[1] // factor
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        if not count:  # sparse file: a segment that was never written
-            return np.full((sh, sw, 3), BACKGROUND, np.uint8)
-        data = self._read_bytes(offset, count)
-        self._count(1, count)
-        pixels = _decode_jpeg_scaled(self._jpeg_stream(data), (sh, sw))
-        if pixels.shape != (sh, sw, 3):
-            raise ValueError(
-                f"a JPEG tile decoded at 1/{factor} size to {pixels.shape[:2]}, not {(sh, sw)}"
-            )
+    def _decode_reduced(self, index, size) -> np.ndarray:
+        stream = self._stored_jpeg(index)
+        if stream is None:  # sparse file: a segment that was never written
+            return np.full((*size, 3), BACKGROUND, np.uint8)
+        pixels = _decode_jpeg_scaled(stream, size)
+        if pixels.shape != (*size, 3):
+            raise ValueError(f"a JPEG tile decoded to {pixels.shape[:2]}, not the expected {size}")
         return pixels
 
     def _jpeg_stream(self, data: bytes) -> bytes:
