@@ -161,7 +161,7 @@ def test_the_agreement_check_looks_at_tissue_not_at_blank_glass(tmp_path, monkey
     monkeypatch.setattr(
         DeviceTileReader,
         "_decode",
-        lambda self, keys: {k: t.flip(0) for k, t in real(self, keys).items()},
+        lambda self, *args: {k: t.flip(0) for k, t in real(self, *args).items()},
     )
     with caplog.at_level(logging.WARNING, logger="napari_conch.device_decode"):
         assert device_tile_reader(slide, 0, 256, "cpu") is None

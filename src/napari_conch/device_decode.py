@@ -93,15 +93,20 @@ class DeviceTileReader:
         stream (it must ``record_stream`` them there before letting them go, as the engine
         does, so their memory is not reused while its work is queued).
         """
+        return self._finished_on_device(self._read, coords)
+
+    def _finished_on_device(self, work, *args):
+        """``work(*args)`` on this thread's CUDA stream of the device, finished on return
+        (elsewhere: just called)."""
         if self.device.type != "cuda":
-            return self._read(coords)
+            return work(*args)
         import torch
 
         stream = getattr(self._streams, "stream", None)
         if stream is None:
             stream = self._streams.stream = torch.cuda.Stream(device=self.device)
         with torch.cuda.device(self.device), torch.cuda.stream(stream):
-            out = self._read(coords)
+            out = work(*args)
         stream.synchronize()
         return out
 
@@ -137,11 +142,12 @@ class DeviceTileReader:
             for r in np.linspace(0, rows - 1, min(rows, _AGREEMENT_SPREAD)).round()
             for c in np.linspace(0, cols - 1, min(cols, _AGREEMENT_SPREAD)).round()
         }
-        sizes = {key: len(self.slide.jpeg_tile(self.level, *key) or b"") for key in spread}
-        keys = sorted((k for k in spread if sizes[k]), key=lambda k: -sizes[k])[:samples]
+        streams = {key: self.slide.jpeg_tile(self.level, *key) for key in spread}
+        keys = sorted((k for k in spread if streams[k]), key=lambda k: -len(streams[k]))
+        keys = keys[:samples]
         if not keys:
             return {}
-        decoded = self._decode_on_device(keys)
+        decoded = self._finished_on_device(self._decode, keys, streams)
         worst, total, count = 0.0, 0.0, 0
         fy, fx = self.downsample
         for row, col in keys:
@@ -158,16 +164,6 @@ class DeviceTileReader:
             )
         return {"max": worst, "mean": float(total / count), "tiles": len(keys)}
 
-    def _decode_on_device(self, keys) -> dict:
-        if self.device.type != "cuda":
-            return self._decode(keys)
-        import torch
-
-        with torch.cuda.device(self.device):
-            decoded = self._decode(keys)
-            torch.cuda.synchronize(self.device)
-        return decoded
-
     def _plan(self, y, x) -> list[_Piece]:
         fy, fx = self.downsample
         ly, lx = math.floor(y / fy), math.floor(x / fx)  # as Slide.read_region
@@ -181,11 +177,14 @@ class DeviceTileReader:
             for key, inside, (dy, dx) in segment_pieces(cy0, cy1, cx0, cx1, self.tile_shape)
         ]
 
-    def _decode(self, keys) -> dict:
+    def _decode(self, keys, streams: dict | None = None) -> dict:
+        """{key: (3, h, w) uint8 on the device} for the stored JPEG tiles among ``keys``
+        (``streams``: their bytes when already read)."""
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        streams = {key: self.slide.jpeg_tile(self.level, *key) for key in keys}
+        if streams is None:
+            streams = {key: self.slide.jpeg_tile(self.level, *key) for key in keys}
         stored = [key for key in keys if streams[key] is not None]
         if not stored:
             return {}
