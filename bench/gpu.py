@@ -153,8 +153,7 @@ def end_to_end(model, slide, batch: int | None, decode: str = "fast") -> tuple[f
 
 def jpeg_svs(directory: Path, side_px: int) -> Path:
     """A JPEG SVS at 0.25 µm/px (256-px tiles), as scanners write them."""
-    sys.path.insert(0, str(HERE.parent / "tests"))  # the slide writers live with the tests
-    from read_tiles import make_slide
+    from read_tiles import make_slide  # (it puts the tests' slide writers on the path)
 
     path = directory / "bench.svs"
     make_slide(path, max(2048, side_px // 2048 * 2048))

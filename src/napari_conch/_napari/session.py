@@ -106,6 +106,11 @@ class Session:
             )
         return self.embeddings
 
+    @property
+    def slide_name(self) -> str | None:
+        """The name results on this slide record (None before a slide is chosen)."""
+        return self.source.slide.name if self.source is not None else None
+
     def layer_name(self, kind: str) -> str:
         """Result layers carry the model's name ("plip retrieval"), so two models' results
         sit side by side."""

@@ -80,6 +80,6 @@ class CallPanel:
             s.layer_name("evidence"),
             s.source.offset_um,
             "magenta",
-            slide=s.source.slide.name,
+            slide=s.slide_name,
         )
         s.call = call

@@ -164,8 +164,7 @@ class ExplorePanel:
     def exemplar_layer_name(self) -> str:
         """This slide's exemplar layer: another slide's exemplars are never reused here."""
         s = self.session
-        slide = s.source.slide.name if s.source is not None else None
-        return own_name(self.viewer, s.layer_name("exemplars"), "points", slide)
+        return own_name(self.viewer, s.layer_name("exemplars"), "points", s.slide_name)
 
     def start_exemplars(self) -> None:
         """Add (or select) the exemplar Points layer; each change redraws the exemplar map."""
@@ -173,14 +172,13 @@ class ExplorePanel:
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
         else:
-            slide = self.session.source.slide.name if self.session.source else None
             layer = self.viewer.add_points(
                 np.zeros((0, 2)),
                 name=name,
                 size=20,
                 face_color="cyan",
                 units=("micrometer", "micrometer"),
-                metadata={"napari_conch": {"slide": slide}},
+                metadata={"napari_conch": {"slide": self.session.slide_name}},
             )
             layer.events.data.connect(lambda _event: self.update_exemplar())
         self.viewer.layers.selection.active = layer
@@ -234,7 +232,7 @@ class ExplorePanel:
                 s.hits,
                 s.layer_name("retrieval"),
                 s.source.offset_um,
-                slide=s.source.slide.name,
+                slide=s.slide_name,
             )
             self.step_hit(1)
 
