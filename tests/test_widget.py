@@ -789,3 +789,54 @@ def test_a_second_slides_points_never_overwrite_the_first_ones(toyed, qtbot):
     assert viewer.layers.selection.active.name == "colour-toy exemplars [second]"
     assert len(viewer.layers["colour-toy exemplars [second]"].data) == 0
     assert len(exemplars.data) == 1
+
+
+def test_results_that_arrive_after_the_slide_changed_are_dropped(toyed, qtbot, monkeypatch):
+    """Work still running when the slide changes (or its layer goes) stops or is dropped:
+    nothing lands on the next slide, and nothing fails because its slide is gone."""
+    import threading
+
+    import napari_conch.zeroshot as zeroshot
+
+    viewer, widget = toyed
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    n_tiles = len(widget.session.grid)
+    release = threading.Event()
+    similarity_map = zeroshot.similarity_map
+
+    def held_similarity(*args, **kwargs):
+        release.wait(30)
+        return similarity_map(*args, **kwargs)
+
+    monkeypatch.setattr(zeroshot, "similarity_map", held_similarity)
+    widget.prompt.value = "tumor"  # a map, held until the slide has changed
+    qtbot.waitUntil(lambda: len(widget._workers) == 1, timeout=5_000)
+    slow = CountingModel(widget.session.model, delay=0.2)
+    widget.set_model(slow)
+    widget.batch.value = 2
+    widget.cache_on_disk.value = False
+    widget.run_segmentation()  # a run, still going when the slide changes
+    qtbot.waitUntil(lambda: slow.tiles >= 2, timeout=30_000)
+    _choose_new_slide(viewer, widget, np.zeros((512, 512, 3), np.uint8), "other", 0.5)
+    release.set()
+    _wait(qtbot, widget)
+    assert slow.tiles < n_tiles  # the run on the last slide stopped
+    s = widget.session
+    assert s.source.layer_name == "other"
+    assert s.similarity is None and s.segmentation is None
+    assert s.grid is None and s.embeddings is None
+    assert "colour-toy similarity" not in viewer.layers
+
+    # the slide's layer is removed while a map is computed for it
+    release.clear()
+    widget.set_model(nc.load_model("colour-toy"))
+    widget.layer_combo.value = "synthetic slide (not real tissue)"
+    widget.run_segmentation()
+    _wait(qtbot, widget)
+    widget.prompt.value = "stroma"
+    qtbot.waitUntil(lambda: len(widget._workers) == 1, timeout=5_000)
+    viewer.layers.clear()
+    release.set()
+    _wait(qtbot, widget)  # pytest-qt fails the test on any exception in the event loop
+    assert widget.session.similarity is None

@@ -85,6 +85,19 @@ class Session:
         self.segmentation = self.similarity = self.call = self.dense = None
         self.hits, self.hit_index = [], -1
 
+    def while_current(self, callback):
+        """``callback`` for a worker's result, dropped if the slide changed (or the widget
+        closed) while the worker ran: a late result must not land on another slide."""
+        source = self.source
+
+        def guarded(*args):
+            if source is not None and self.source is source:
+                return callback(*args)
+            logger.debug("dropped a result computed for a slide no longer chosen")
+            return None
+
+        return guarded
+
     def use_model(self, model) -> None:
         """Another model: its embeddings differ; results made by the last one stay shown."""
         self.model = model

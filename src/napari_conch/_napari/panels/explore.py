@@ -91,7 +91,12 @@ class ExplorePanel:
                 self._draw_dense(self.session.dense, labels=False)  # a matrix product
 
         return self.runner.start(
-            similarity_map, emb, self.session.model, text=text, negative=negative, on_return=shown
+            similarity_map,
+            emb,
+            self.session.model,
+            text=text,
+            negative=negative,
+            on_return=self.session.while_current(shown),
         )
 
     # -- sub-tile maps (experimental) -------------------------------------------------------
@@ -134,7 +139,7 @@ class ExplorePanel:
             options["tile_um"],
             options["overlap"] or 0.5,
             snapshot_every_s=1.0,
-            on_yield=step,
+            on_yield=s.while_current(step),
             finished=lambda: setattr(self.sharpen_button, "enabled", True),
             progress={"total": 0, "desc": "Sharpening the view"},
         )
@@ -244,7 +249,7 @@ class ExplorePanel:
             int(self.k.value),
             background=background,
             negative=self.negative.value.strip() or None,  # ranked as the heatmap shows
-            on_return=shown,
+            on_return=self.session.while_current(shown),
         )
 
     def step_hit(self, step: int) -> None:

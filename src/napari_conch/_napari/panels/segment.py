@@ -231,8 +231,8 @@ class SegmentPanel:
             int(self.slide_panel.batch.value) or None,  # 0: the engine's choice
             self.slide_panel.cache(),
             s.embeddings,
-            on_yield=live.step,
-            on_return=live.finish,
+            on_yield=s.while_current(live.step),
+            on_return=s.while_current(live.finish),
             finished=lambda: self._running(False),
             progress={"total": 0, "desc": "Embedding tiles"},
         )
@@ -260,7 +260,9 @@ class SegmentPanel:
             self.cancel_button.enabled = on
 
     def slide_changed(self) -> None:
-        """Another slide: nothing to export until it is segmented."""
+        """Another slide: nothing to export until it is segmented; a run on the last one
+        stops (its results would be dropped anyway, and cached tiles are kept)."""
+        self.cancel()
         self.export_button.enabled = self.session.segmentation is not None
         self.legend.value = ""
 
