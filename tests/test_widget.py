@@ -815,7 +815,6 @@ def test_results_that_arrive_after_the_slide_changed_are_dropped(toyed, qtbot, m
     slow = CountingModel(widget.session.model, delay=0.2)
     widget.set_model(slow)
     widget.batch.value = 2
-    widget.cache_on_disk.value = False
     widget.run_segmentation()  # a run, still going when the slide changes
     qtbot.waitUntil(lambda: slow.tiles >= 2, timeout=30_000)
     _choose_new_slide(viewer, widget, np.zeros((512, 512, 3), np.uint8), "other", 0.5)

@@ -17,10 +17,16 @@ logger = logging.getLogger(__name__)
 
 
 class Runner:
-    """Starts functions off the GUI thread and shows their outcome in ``status`` (a QLabel)."""
+    """Starts functions off the GUI thread and shows their outcome in ``status`` (a QLabel).
 
-    def __init__(self, status):
+    Work is for the slide chosen when it starts: with a ``session``, its results and yields
+    are dropped if the slide changed meanwhile (:meth:`Session.while_current`), unless the
+    work is not about a slide (``any_slide=True``: loading a model, writing files).
+    """
+
+    def __init__(self, status, session=None):
         self.status = status
+        self.session = session
         self.workers: set = set()
 
     def start(
@@ -32,11 +38,18 @@ class Runner:
         progress=None,
         finished=None,
         on_error=None,
+        any_slide=False,
         **kwargs,
     ):
         """Run ``function(*args, **kwargs)`` in a worker (a generator's yields reach
         ``on_yield``); ``progress`` is napari's progress-bar description."""
         from napari.qt.threading import create_worker
+
+        if self.session is not None and not any_slide:
+            if on_return is not None:
+                on_return = self.session.while_current(on_return)
+            if on_yield is not None:
+                on_yield = self.session.while_current(on_yield)
 
         worker = create_worker(function, *args, _progress=progress, _ignore_errors=True, **kwargs)
         if on_return is not None:

@@ -43,7 +43,7 @@ class ConchWidget(QWidget):
         self.session = Session()
         self.status = QLabel("Load a model, pick a slide layer.")
         self.status.setWordWrap(True)
-        self.runner = Runner(self.status)
+        self.runner = Runner(self.status, self.session)
         store = settings if settings is not None else QSettings("napari-conch", "widget")
         self.settings = WidgetSettings(store)
 

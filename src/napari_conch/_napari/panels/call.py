@@ -52,7 +52,7 @@ class CallPanel:
             prompts,
             top_k=int(self.top_k.value),
             background=self.segment_panel.background_class(),
-            on_return=self.session.while_current(self.show_call),
+            on_return=self.show_call,
         )
 
     def show_call(self, call) -> None:

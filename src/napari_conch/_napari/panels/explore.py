@@ -91,12 +91,7 @@ class ExplorePanel:
                 self._draw_dense(self.session.dense, labels=False)  # a matrix product
 
         return self.runner.start(
-            similarity_map,
-            emb,
-            self.session.model,
-            text=text,
-            negative=negative,
-            on_return=self.session.while_current(shown),
+            similarity_map, emb, self.session.model, text=text, negative=negative, on_return=shown
         )
 
     # -- sub-tile maps (experimental) -------------------------------------------------------
@@ -139,7 +134,7 @@ class ExplorePanel:
             options["tile_um"],
             options["overlap"] or 0.5,
             snapshot_every_s=1.0,
-            on_yield=s.while_current(step),
+            on_yield=step,
             finished=lambda: setattr(self.sharpen_button, "enabled", True),
             progress={"total": 0, "desc": "Sharpening the view"},
         )
@@ -249,7 +244,7 @@ class ExplorePanel:
             int(self.k.value),
             background=background,
             negative=self.negative.value.strip() or None,  # ranked as the heatmap shows
-            on_return=self.session.while_current(shown),
+            on_return=shown,
         )
 
     def step_hit(self, step: int) -> None:

@@ -176,6 +176,7 @@ class ModelPanel:
             name,
             on_return=self.on_model,
             on_error=failed,
+            any_slide=True,
             progress={"desc": f"Loading {name}"},
             finished=lambda: setattr(self.load_button, "enabled", True),
             **self.load_options(),

@@ -231,8 +231,8 @@ class SegmentPanel:
             int(self.slide_panel.batch.value) or None,  # 0: the engine's choice
             self.slide_panel.cache(),
             s.embeddings,
-            on_yield=s.while_current(live.step),
-            on_return=s.while_current(live.finish),
+            on_yield=live.step,
+            on_return=live.finish,
             finished=lambda: self._running(False),
             progress={"total": 0, "desc": "Embedding tiles"},
         )
@@ -327,6 +327,7 @@ class SegmentPanel:
             similarities=similarities,
             formats=chosen,
             on_return=done,
+            any_slide=True,  # the files are written whatever is chosen next
             progress={"total": 0, "desc": "Exporting"},
         )
 

@@ -182,10 +182,7 @@ class SlidePanel:
             shown(self.session.tissue)
         else:
             self.runner.start(
-                tissue_mask,
-                source.slide,
-                on_return=self.session.while_current(shown),
-                progress={"desc": "Tissue mask"},
+                tissue_mask, source.slide, on_return=shown, progress={"desc": "Tissue mask"}
             )
 
     # -- what a run needs -----------------------------------------------------------------
@@ -241,7 +238,7 @@ class SlidePanel:
             s.source.slide,
             s.model,
             tissue=s.tissue or True,
-            on_return=s.while_current(shown),
+            on_return=shown,
             progress={"desc": "Tiling"},
             **options,
         )
