@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 import napari_conch as nc
-from napari_conch.synthetic import CLASS_COLOURS
+from napari_conch.synthetic import CLASS_COLORS
 
 OUT = Path(__file__).resolve().parent / "images" / "dense-vs-tile.png"
 SIZE = 640  # µm = px at 1 µm/px
@@ -29,7 +29,7 @@ LABEL_RGB = {1: (200, 0, 0), 2: (150, 200, 150)}  # tumor, stroma (QuPath's colo
 def planted_slide():
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
     inside = ((yy - CENTRE[0]) / RADII[0]) ** 2 + ((xx - CENTRE[1]) / RADII[1]) ** 2 <= 1
-    image = np.where(inside[..., None], CLASS_COLOURS["tumor"], CLASS_COLOURS["stroma"])
+    image = np.where(inside[..., None], CLASS_COLORS["tumor"], CLASS_COLORS["stroma"])
     noise = np.random.default_rng(0).integers(-6, 7, image.shape)
     image = np.clip(image + noise, 0, 255).astype(np.uint8)
     return nc.Slide.from_array(image, mpp=1.0, name="planted ellipse"), image

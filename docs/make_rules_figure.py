@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import napari_conch as nc
-from napari_conch.synthetic import BACKGROUND_COLOUR, CLASS_COLOURS
+from napari_conch.synthetic import BACKGROUND_COLOR, CLASS_COLORS
 
 OUT = Path(__file__).resolve().parent / "images" / "map-rules.png"
 MPP = 0.5
@@ -33,7 +33,7 @@ def planted_slide():
     truth[300:900, 300:900] = 1
     truth[900:1500, 900:1500] = 2
     truth[1600:2000, 1500:width] = 2
-    palette = np.array([BACKGROUND_COLOUR, *(CLASS_COLOURS[n] for n in CLASSES)], np.int16)
+    palette = np.array([BACKGROUND_COLOR, *(CLASS_COLORS[n] for n in CLASSES)], np.int16)
     noise = np.random.default_rng(0).integers(-6, 7, (height, width, 3), dtype=np.int16)
     image = np.clip(palette[truth] + noise, 0, 255).astype(np.uint8)
     return nc.Slide.from_array(image, mpp=MPP, name="planted"), image

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_conch.models.colour_toy import ColourToyModel
+from napari_conch.models.color_toy import ColorToyModel
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -144,7 +144,7 @@ class CountingModel:
 # The colour toy shipped with the package: a deterministic numpy model for geometry tests
 # (a tile's feature is its mean colour; a prompt naming a synthetic class maps to that class's
 # colour), so zero-shot answers are known in advance.
-ColourModel = ColourToyModel
+ColourModel = ColorToyModel
 
 
 # -- tiny PLIP / QuiltNet folders in their native formats -----------------------------------

@@ -14,7 +14,7 @@ from PIL import Image
 
 from napari_conch import CheckpointError, WeightsNotFoundError
 from napari_conch.models import ClipModel, OpenClipModel, check_model, load_model
-from napari_conch.models.protocol import is_trained
+from napari_conch.protocol import is_trained
 
 TEXTS = ["an H&E image of tumor", "necrosis", "an H&E image of stroma with lymphocytes"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_conch as nc
-from napari_conch.synthetic import BACKGROUND_COLOUR, CLASS_COLOURS
+from napari_conch.synthetic import BACKGROUND_COLOR, CLASS_COLORS
 
 
 def test_the_pooled_feature_is_the_attention_weighted_sum_of_the_token_values(tiny_model):
@@ -64,8 +64,8 @@ def _planted_edge(edge_px: int, size: int = 512, seed: int = 0):
     """Tumour left of column ``edge_px``, stroma right of it, at 1 µm/px."""
     rng = np.random.default_rng(seed)
     image = np.empty((size, size, 3), np.int16)
-    image[:, :edge_px] = CLASS_COLOURS["tumor"]
-    image[:, edge_px:] = CLASS_COLOURS["stroma"]
+    image[:, :edge_px] = CLASS_COLORS["tumor"]
+    image[:, edge_px:] = CLASS_COLORS["stroma"]
     image += rng.integers(-6, 7, image.shape, dtype=np.int16)
     return nc.Slide.from_array(np.clip(image, 0, 255).astype(np.uint8), mpp=1.0, name="edge")
 
@@ -103,8 +103,8 @@ def test_a_planted_edge_lands_within_one_token_where_the_tile_map_misses_by_up_t
 
 def test_dense_maps_keep_the_tissue_and_edge_rules_and_reprompting_reuses_tokens(monkeypatch):
     model = nc.load_model("colour-toy")
-    image = np.full((300, 300, 3), BACKGROUND_COLOUR, np.uint8)
-    image[:, :150] = CLASS_COLOURS["necrosis"]  # tissue on the left, glass on the right
+    image = np.full((300, 300, 3), BACKGROUND_COLOR, np.uint8)
+    image[:, :150] = CLASS_COLORS["necrosis"]  # tissue on the left, glass on the right
     slide = nc.Slide.from_array(image, mpp=1.0, name="half")
     region = (0.0, 0.0, 400.0, 400.0)  # past the image's edge (300 µm)
     tokens = nc.dense_tokens(slide, model, region, overlap=0.5)

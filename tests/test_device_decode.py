@@ -13,8 +13,8 @@ from slides import pyramid, tissue_like, write_rgb_jpeg_tiff, write_svs
 
 import napari_conch as nc
 from napari_conch import device_decode
+from napari_conch.decoding import decode_plan
 from napari_conch.device_decode import DeviceTileReader, device_tile_reader
-from napari_conch.engine import decode_plan
 
 
 @pytest.fixture(scope="module")

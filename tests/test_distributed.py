@@ -42,7 +42,7 @@ def test_local_cluster_with_two_worker_processes_matches_local_runs(
             cache=tmp_path,
             overlap=0.5,
             shard_tiles=7,
-            progress=lambda d, t: done.append((d, t)),
+            progress=lambda d, t, rate: done.append((d, t)),
         )
         workers = client.run(lambda: 1)  # both worker processes were there
     assert len(workers) == 2
@@ -129,11 +129,11 @@ def test_embed_with_a_client_needs_a_file_a_cache_and_a_loadable_model(tmp_path,
 
 
 def test_a_worker_that_filled_another_store_is_an_error():
-    from napari_conch.distributed import _check_store
+    from napari_conch.distributed import check_store
 
-    assert _check_store({"done": 5, "store": "/c/a.zarr"}, "/c/a.zarr", "s.svs") == 5
+    assert check_store({"done": 5, "store": "/c/a.zarr"}, "/c/a.zarr", "s.svs") == 5
     with pytest.raises(RuntimeError, match="decode tiles differently"):
-        _check_store({"done": 5, "store": "/c/b.zarr"}, "/c/a.zarr", "s.svs")
+        check_store({"done": 5, "store": "/c/b.zarr"}, "/c/a.zarr", "s.svs")
 
 
 @pytest.mark.slow
@@ -158,3 +158,51 @@ def test_device_decoding_on_a_cluster_fills_the_store_a_worker_planned(tmp_path)
     assert result.complete and result.metadata["decode"].startswith("JPEG in full on cpu")
     local = nc.embed(path, model, grid, cache=tmp_path / "cache", decode="device")
     assert local.store_path == result.store_path and local.complete
+
+
+@pytest.mark.slow
+def test_a_users_own_model_class_embeds_on_a_cluster_as_it_does_locally(slide_paths, tmp_path):
+    """A plain Python model — not registered, not made by load_model — is sent to the
+    workers once; embed(client=) and embed_slides give a local run's features."""
+    from dask.distributed import Client, LocalCluster
+    from homemade import HomemadeModel
+
+    model = HomemadeModel()
+    path = slide_paths[0]
+    grid = nc.tile_grid(path, model, overlap=0.5)
+    local = embed(path, model, grid, cache=None)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        one = embed(path, model, grid, cache=tmp_path / "one", client=client, batch_size=4)
+        many = embed_slides(slide_paths[:2], model, client, cache=tmp_path / "many", overlap=0.5)
+        workers = client.run(lambda: 1)
+    assert len(workers) == 2
+    assert one.complete and len(one) == len(grid) > 20
+    np.testing.assert_allclose(one.features, local.features, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(many[0].features, local.features, rtol=0, atol=1e-6)
+    grid_2 = nc.tile_grid(slide_paths[1], model, overlap=0.5)
+    second = embed(slide_paths[1], model, grid_2, cache=None)
+    np.testing.assert_allclose(many[1].features, second.features, rtol=0, atol=1e-6)
+    assert many[0].metadata["model"]["name"] == "homemade"
+
+
+def test_a_model_that_cannot_travel_says_what_to_do_instead():
+    import threading
+
+    from homemade import HomemadeModel
+
+    from napari_conch.distributed import model_ref
+
+    class Client:  # no cluster is needed to refuse
+        def scatter(self, *args, **kwargs):
+            raise AssertionError("an unpicklable model was scattered")
+
+    model = HomemadeModel()
+    model.lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"cannot be sent to the workers.*register_model"):
+        model_ref(Client(), model)
+    with pytest.raises(TypeError, match="not a usable model"):
+        model_ref(Client(), object())
+    assert model_ref(Client(), "conch_tiny") == {"name": "conch_tiny"}

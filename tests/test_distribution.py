@@ -46,7 +46,7 @@ def test_wheel_holds_the_package_and_its_manifest(dists):
 
     wheel, _ = dists
     names = zipfile.ZipFile(wheel).namelist()
-    assert "napari_conch/napari.yaml" in names and "napari_conch/cli.py" in names
+    assert "napari_conch/napari.yaml" in names and "napari_conch/cli/__init__.py" in names
     assert "napari_conch/__init__.pyi" in names  # the public API, listed once
     assert not [n for n in names if n.startswith(("tests/", "docs/", "bench/"))]
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA")))

@@ -361,7 +361,7 @@ def test_store_write_marks_done_only_with_features(slide_path, tiny_model, grid,
     assert not store.done_mask().any()
     store.write(np.array([5, 2]), np.ones((2, tiny_model.embed_dim), np.float32))
     assert store.done_mask()[[2, 5]].all() and store.done_mask().sum() == 2
-    emb = store.load()
+    emb = nc.Embeddings.open(store.path)
     np.testing.assert_array_equal(emb.features[[2, 5]], 1.0)
 
 
@@ -369,7 +369,7 @@ def test_embed_steps_yields_the_live_embeddings_first_and_returns_them(slide_pat
     """The one engine path: the first step is the run's Embeddings (grid, store, what is
     done), filled as batches land; the run returns that same object."""
     from napari_conch import Embeddings
-    from napari_conch.engine import Progress, embed_steps
+    from napari_conch.pipeline import Progress, embed_steps
 
     model = nc.load_model("colour-toy")
     grid = tile_grid(slide_path, model)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from napari_conch import PromptSet
 from napari_conch.evaluate import evaluate_tiles, load_tile_dataset, slide_scores, tile_metrics
-from napari_conch.zeroshot import SlideCall
+from napari_conch.results import SlideCall
 
 CLASSES = ["tumor", "stroma", "necrosis"]
 
@@ -22,7 +22,7 @@ def dataset(tmp_path_factory):
     for name in CLASSES:
         (root / name).mkdir()
         for i in range(6):
-            colour = np.array(ColourModel.COLOURS[name], float)
+            colour = np.array(ColourModel.COLORS[name], float)
             tile = np.clip(colour + rng.normal(0, 8, size=(48, 48, 3)), 0, 255).astype(np.uint8)
             size = 48 if i % 2 else 40  # mixed tile sizes are fine
             Image.fromarray(tile[:size, :size]).save(root / name / f"{i}.png")

@@ -90,7 +90,7 @@ def test_ome_zarr_reads_back_with_ome_zarr(result, tmp_path):
     from ome_zarr.reader import Reader
 
     _, seg, sim = result
-    path = to_ome_zarr(seg, tmp_path / "seg.ome.zarr", similarity=sim)
+    path = to_ome_zarr(seg, tmp_path / "seg.ome.zarr", similarities=[sim])
     nodes = list(Reader(parse_url(str(path)))())
     image, label = nodes[0], nodes[-1]
     # probabilities, uncertainty, similarity
@@ -123,7 +123,7 @@ def test_tile_table_csv_and_parquet(result, tmp_path):
     import pandas as pd
 
     emb, seg, sim = result
-    frame = tile_table(emb, seg, [sim], tmp_path / "tiles.csv")
+    frame = tile_table(emb, seg, similarities=[sim], path=tmp_path / "tiles.csv")
     back = pd.read_csv(tmp_path / "tiles.csv")
     assert len(back) == len(emb)
     for column in ("y_px", "x_um", "tissue_fraction", "p(tumor)", "class", "similarity: tumor"):
@@ -132,7 +132,7 @@ def test_tile_table_csv_and_parquet(result, tmp_path):
     np.testing.assert_allclose(
         back["p(stroma)"], seg.tile_probabilities[:, 1], rtol=1e-6, atol=1e-12
     )
-    tile_table(emb, seg, [sim], tmp_path / "tiles.parquet")
+    tile_table(emb, seg, similarities=[sim], path=tmp_path / "tiles.parquet")
     assert pd.read_parquet(tmp_path / "tiles.parquet").shape == frame.shape
 
 
@@ -164,7 +164,7 @@ def test_ome_zarr_export_reads_back_as_the_same_result(result, tmp_path):
     from napari_conch.readback import read_ome_zarr, read_results
 
     _, seg, sim = result
-    to_ome_zarr(seg, tmp_path / "case.ome.zarr", similarity=sim)
+    to_ome_zarr(seg, tmp_path / "case.ome.zarr", similarities=[sim])
     back, (back_sim,) = read_ome_zarr(tmp_path / "case.ome.zarr")
     np.testing.assert_array_equal(back.labels, seg.labels)
     np.testing.assert_allclose(back.probabilities, seg.probabilities, equal_nan=True)
@@ -201,8 +201,8 @@ def test_tile_tables_carry_their_provenance(result, tmp_path):
     import pyarrow.parquet as pq
 
     emb, seg, sim = result
-    tile_table(emb, seg, [sim], path=tmp_path / "t.csv")
-    tile_table(emb, seg, [sim], path=tmp_path / "t.parquet")
+    tile_table(emb, seg, similarities=[sim], path=tmp_path / "t.csv")
+    tile_table(emb, seg, similarities=[sim], path=tmp_path / "t.parquet")
     for table in (pd.read_csv(tmp_path / "t.csv"), pd.read_parquet(tmp_path / "t.parquet")):
         assert set(table["model"]) == {seg.metadata["model"]["name"]}
         assert set(table["trained"]) == {True} and table["weights_hash"].nunique() == 1
@@ -226,7 +226,7 @@ def test_similarity_exports_name_their_query_and_show_the_data_range(result, tmp
     assert info["query"] == "tumor"
     assert info["contrast_limits"] == pytest.approx(list(sim.contrast_limits))
     channels = zarr.open_group(
-        str(to_ome_zarr(seg, tmp_path / "s.ome.zarr", similarity=sim)), mode="r"
+        str(to_ome_zarr(seg, tmp_path / "s.ome.zarr", similarities=[sim])), mode="r"
     ).attrs["omero"]["channels"]
     window = channels[-1]["window"]
     assert channels[-1]["label"] == "similarity: tumor"

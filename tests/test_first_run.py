@@ -258,13 +258,13 @@ def test_cli_errors_name_command_line_options(tmp_path, capsys):
 
 
 def test_suggested_commands_run_as_the_user_called_us(monkeypatch):
-    from napari_conch import cli
+    from napari_conch.cli import steps
 
     monkeypatch.setattr(sys, "argv", [".venv/bin/napari-conch", "demo"])
     monkeypatch.setattr("shutil.which", lambda name: None)
-    assert cli._program() == ".venv/bin/napari-conch"
-    monkeypatch.setattr(sys, "argv", ["/x/napari_conch/cli.py", "demo"])
-    assert cli._program() == "napari-conch"
+    assert steps.program_name() == ".venv/bin/napari-conch"
+    monkeypatch.setattr(sys, "argv", ["/x/napari_conch/cli/__init__.py", "demo"])
+    assert steps.program_name() == "napari-conch"
 
 
 # -- the colour toy ---------------------------------------------------------------------------

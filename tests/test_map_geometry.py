@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import napari_conch as nc
 from napari_conch.evaluate import segmentation_scores
 from napari_conch.export import tile_table, to_geojson
-from napari_conch.synthetic import BACKGROUND_COLOUR, CLASS_COLOURS
+from napari_conch.synthetic import BACKGROUND_COLOR, CLASS_COLORS
 
 MPP = 0.5  # µm per level-0 pixel; the toy reads at 1 µm/px (level 0, resized by 2)
 CLASSES = ["tumor", "stroma"]
@@ -28,7 +28,7 @@ def planted(height_px: int, width_px: int, boxes, seed: int = 0):
     truth = np.zeros((height_px, width_px), np.uint8)
     for label, y0, x0, y1, x1 in boxes:
         truth[y0:y1, x0:x1] = label
-    palette = np.array([BACKGROUND_COLOUR, *(CLASS_COLOURS[n] for n in CLASSES)], np.int16)
+    palette = np.array([BACKGROUND_COLOR, *(CLASS_COLORS[n] for n in CLASSES)], np.int16)
     image = palette[truth] + rng.integers(-6, 7, (height_px, width_px, 3), dtype=np.int16)
     slide = nc.Slide.from_array(np.clip(image, 0, 255).astype(np.uint8), mpp=MPP, name="planted")
     return slide, truth

@@ -14,7 +14,7 @@ from napari_conch import TokenizerNotFoundError, UnknownModelError
 from napari_conch import errors as nc_errors
 from napari_conch.models import ImageTextModel, available_models, check_model, load_model
 from napari_conch.models.device import resolve_device, resolve_precision
-from napari_conch.models.protocol import is_trained, weights_hash
+from napari_conch.protocol import is_trained, weights_hash
 
 
 def test_protocol_members(tiny_model):

@@ -8,7 +8,7 @@ import pytest
 from slides import pyramid, tissue_like, write_rgb_jpeg_tiff, write_svs
 
 import napari_conch as nc
-from napari_conch.engine import decode_reduction
+from napari_conch.decoding import decode_reduction
 
 
 @pytest.fixture(scope="module")

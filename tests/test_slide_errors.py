@@ -93,9 +93,9 @@ def test_wrong_extension_is_read_by_content(tmp_path):
 
 
 def test_openslide_formats_without_openslide_say_how_to_install(tmp_path, monkeypatch):
-    from napari_conch import slide as slide_module
+    from napari_conch.readers import openslide_reader
 
-    monkeypatch.setattr(slide_module, "openslide_available", lambda: False)
+    monkeypatch.setattr(openslide_reader, "openslide_available", lambda: False)
     (tmp_path / "case.mrxs").write_bytes(b"not really")
     with pytest.raises(SlideReadError, match=r"napari-conch\[openslide\]"):
         open_slide(tmp_path / "case.mrxs")

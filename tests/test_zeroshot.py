@@ -22,9 +22,9 @@ from napari_conch import (
 )
 from napari_conch.embeddings import Embeddings
 from napari_conch.evaluate import segmentation_scores
+from napari_conch.maps import cells_from_tiles
 from napari_conch.prompts import DEFAULT_TEMPLATES
 from napari_conch.tiling import TileGrid
-from napari_conch.zeroshot import cells_from_tiles
 
 CLASSES = ["tumor", "stroma", "necrosis"]
 
@@ -314,8 +314,8 @@ def test_mi_zero_is_the_top_k_mean():
     assert call.scores["a"] == pytest.approx((0.9 + 0.7) / 2)
     assert call.scores["b"] == pytest.approx((0.95 + 0.8) / 2)
     assert call.call == "b" and call.top_k == 2
-    assert [e["position"] for e in call.evidence["b"]] == [4, 1]
-    assert call.evidence["b"][0]["x_um"] == 4 * 32.0
+    assert [e.position for e in call.evidence["b"]] == [4, 1]
+    assert call.evidence["b"][0].x_um == 4 * 32.0
     assert sum(call.probabilities.values()) == pytest.approx(1.0)
     assert (
         classify_slide(
@@ -351,7 +351,7 @@ def test_retrieval_across_slides(synth, colour_emb):
 
 
 def test_class_colours_are_a_function_of_the_names():
-    from napari_conch.zeroshot import class_colors
+    from napari_conch.colors import class_colors
 
     names = ["tumor", "stroma", "necrosis", "immune cells", "fat", "mucin"]
     first = class_colors(names)
@@ -362,7 +362,7 @@ def test_class_colours_are_a_function_of_the_names():
 
 
 def test_common_classes_keep_qupaths_colours_in_any_set():
-    from napari_conch.zeroshot import class_colors
+    from napari_conch.colors import class_colors
 
     alone = class_colors(["Tumour"])["Tumour"]
     in_set = class_colors(["necrosis", "stroma", "tumor", "background"])

@@ -1,6 +1,6 @@
 """napari-conch: CONCH zero-shot pathology on whole-slide images, in napari and from Python.
 
-The public names (DESIGN §2) are listed once, in ``__init__.pyi``, and imported on first use
+The public names are listed once, in ``__init__.pyi``, and imported on first use
 (scikit-image's lazy_loader), so ``import napari_conch`` stays cheap for napari's plugin
 discovery, command-line start-up and dask workers.
 """

@@ -1,4 +1,4 @@
-# The public API of napari_conch (DESIGN §2), listed once: this stub tells type checkers and
+# The public API of napari_conch, listed once: this stub tells type checkers and
 # editors what the package exports, and napari_conch/__init__.py reads it (lazy_loader) to
 # import each name on first use. Add a public name here and nowhere else.
 
@@ -10,12 +10,13 @@ from .dense import dense_similarity as dense_similarity
 from .dense import dense_tokens as dense_tokens
 from .distributed import embed_slides as embed_slides
 from .embeddings import Embeddings as Embeddings
-from .engine import CancelToken as CancelToken
 from .engine import embed as embed
 from .errors import CacheError as CacheError
 from .errors import CheckpointError as CheckpointError
 from .errors import MissingMppError as MissingMppError
 from .errors import NapariConchError as NapariConchError
+from .errors import OutputError as OutputError
+from .errors import ResultReadError as ResultReadError
 from .errors import SlideReadError as SlideReadError
 from .errors import TokenizerNotFoundError as TokenizerNotFoundError
 from .errors import UnknownModelError as UnknownModelError
@@ -24,8 +25,15 @@ from .models import ConchModel as ConchModel
 from .models import available_models as available_models
 from .models import load_model as load_model
 from .models import register_model as register_model
+from .progress import CancelToken as CancelToken
 from .prompts import PromptSet as PromptSet
 from .protocol import ImageTextModel as ImageTextModel
+from .provenance import Provenance as Provenance
+from .results import Hit as Hit
+from .results import Retrieval as Retrieval
+from .results import SegmentationResult as SegmentationResult
+from .results import SimilarityMap as SimilarityMap
+from .results import SlideCall as SlideCall
 from .slide import Slide as Slide
 from .slide import open_slide as open_slide
 from .synthetic import synthetic_slide as synthetic_slide
@@ -33,9 +41,6 @@ from .tiling import TileGrid as TileGrid
 from .tiling import tile_grid as tile_grid
 from .tissue import TissueMask as TissueMask
 from .tissue import tissue_mask as tissue_mask
-from .zeroshot import SegmentationResult as SegmentationResult
-from .zeroshot import SimilarityMap as SimilarityMap
-from .zeroshot import SlideCall as SlideCall
 from .zeroshot import classify_slide as classify_slide
 from .zeroshot import retrieve as retrieve
 from .zeroshot import similarity_map as similarity_map

@@ -25,23 +25,20 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .deprecation import keyword_only_since
+from .maps import contrast_limits, segmentation_result
+from .progress import ProgressReport, is_cancelled
 from .prompts import as_prompt_set, softmax_probabilities
+from .protocol import gives_token_embeddings, weights_hash
+from .provenance import Provenance
+from .queries import query_scores, text_queries
+from .results import SegmentationResult, SimilarityMap
 from .slide import as_slide
 from .tiling import TileGrid, cell_tissue_fractions, tile_grid
-from .zeroshot import (
-    SegmentationResult,
-    SimilarityMap,
-    _model_info,
-    _with_background,
-    contrast_limits,
-    query_scores,
-    segmentation_result,
-    text_queries,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +94,7 @@ class DenseTokens:
     ) -> SegmentationResult:
         """Label every token cell with the class whose prompts fit it best (the tile map's
         rules: background class, ``min_confidence``, tissue and edge)."""
-        prompt_set, background_index = _with_background(as_prompt_set(prompts), background)
+        prompt_set, background_index = as_prompt_set(prompts).with_background(background)
         weights = prompt_set.class_embeddings(model)  # (C, D) unit vectors
         flat = self.embeddings.reshape(-1, self.embeddings.shape[-1]).astype(np.float32)
         probs = softmax_probabilities(flat @ weights.T, model.logit_scale)  # (H·W, C)
@@ -118,16 +115,14 @@ class DenseTokens:
         )
 
     def _result_metadata(self, model, analysis: str, **extra) -> dict:
-        from . import __version__
-
-        return {
-            **self.metadata,
-            "analysis": analysis,
-            "model": _model_info(model),
-            "napari_conch": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **extra,
-        }
+        tokens = Provenance.from_metadata(self.metadata)  # the region's slide and lattice
+        made = replace(
+            Provenance.of_analysis(analysis, model),
+            slide=tokens.slide,
+            grid=tokens.grid,
+            details={**tokens.details, **extra},
+        )
+        return made.to_metadata()
 
 
 def dense_tokens(
@@ -146,16 +141,16 @@ def dense_tokens(
     in µm, slide coordinates as the tile maps use), averaged where tiles overlap.
 
     Only tiles that touch the region and tissue (``tissue=False``: every tile) are
-    computed. ``progress(done, total)`` after every batch; ``cancel`` (a CancelToken,
+    computed. ``progress(done, total, tiles_per_s)`` after every batch; ``cancel`` (a CancelToken,
     Event or callable) stops after the batch in flight with what is done.
     """
     steps = dense_token_steps(
         slide, model, region, tile_um, overlap, tissue=tissue, batch_size=batch_size, cancel=cancel
     )
     tokens = None
+    report = ProgressReport(progress)
     for done, total, snapshot in steps:
-        if progress is not None:
-            progress(done, total)
+        report(done, total)
         tokens = snapshot if snapshot is not None else tokens
     if tokens is None:  # cancelled before the first batch
         raise RuntimeError("The dense map was cancelled before any tile was computed.")
@@ -177,9 +172,6 @@ def dense_token_steps(
     """:func:`dense_tokens` as a generator, for progressive display: yields
     ``(done, total, DenseTokens or None)`` after every batch — the tokens so far at most
     every ``snapshot_every_s`` seconds (None: only with the last batch)."""
-    from .engine import _cancelled
-    from .protocol import gives_token_embeddings
-
     slide = as_slide(slide)
     slide.require_mpp("a dense map")
     if not gives_token_embeddings(model):
@@ -201,7 +193,7 @@ def dense_token_steps(
     t0 = last = time.perf_counter()
     info = {"tile_um": grid.tile_um, "overlap": overlap, "total": total}
     for start in range(0, total, max(1, int(batch_size))):
-        if _cancelled(cancel):
+        if is_cancelled(cancel):
             break
         batch = coords[start : start + batch_size]
         pixels = np.stack(
@@ -218,7 +210,7 @@ def dense_token_steps(
         _accumulate(canvas, counts, lattice, batch, tokens)
         done += len(batch)
         now = time.perf_counter()
-        final = done == total or _cancelled(cancel)
+        final = done == total or is_cancelled(cancel)
         due = snapshot_every_s is not None and now - last >= snapshot_every_s
         if final or due:
             last = now
@@ -257,39 +249,41 @@ def _snapshot(slide, canvas, counts, lattice, box, tiles: dict) -> DenseTokens:
     )
 
 
+@keyword_only_since("region", "tile_um", "overlap")
 def dense_similarity(
     slide,
     model,
-    text=None,
+    text,
+    *,
     region=None,
     tile_um: float | None = None,
     overlap: float = 0.5,
-    *,
     negative=None,
     tissue=True,
 ) -> SimilarityMap:
     """**Experimental.** :func:`~napari_conch.similarity_map` at token resolution over
-    ``region`` (µm): ``scale_um`` is the token size (8 µm for CONCH at 0.5 µm/px)."""
-    if text is None:
-        raise ValueError("dense_similarity needs text= (a prompt or a list of them).")
+    ``region`` (y0, x0, y1, x1 in µm; required: the work grows with it): ``scale_um`` is
+    the token size (8 µm for CONCH at 0.5 µm/px)."""
     tokens = _recent_tokens(slide, model, region, tile_um, overlap, tissue)
     return tokens.similarity(model, text, negative=negative)
 
 
+@keyword_only_since("region", "background", "tile_um", "overlap")
 def dense_segment(
     slide,
     model,
     prompts,
+    *,
     region=None,
     background=None,
     tile_um: float | None = None,
     overlap: float = 0.5,
-    *,
     min_confidence=None,
     tissue=True,
 ) -> SegmentationResult:
     """**Experimental.** :func:`~napari_conch.zero_shot_segment` at token resolution over
-    ``region`` (µm), with the tile map's background, confidence, tissue and edge rules."""
+    ``region`` (y0, x0, y1, x1 in µm; required), with the tile map's background,
+    confidence, tissue and edge rules."""
     tokens = _recent_tokens(slide, model, region, tile_um, overlap, tissue)
     return tokens.segment(model, prompts, background=background, min_confidence=min_confidence)
 
@@ -376,7 +370,6 @@ def _accumulate(canvas, counts, lattice: TileGrid, corners, tokens) -> None:
 
 def _recent_tokens(slide, model, region, tile_um, overlap, tissue) -> DenseTokens:
     """The region's tokens from the last few computed (same slide, weights, geometry)."""
-    from .protocol import weights_hash
     from .store import slide_fingerprint
 
     slide = as_slide(slide)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CacheError
 from .protocol import weights_hash
 from .tiling import TileGrid
 
@@ -42,24 +41,17 @@ class Embeddings:
     @classmethod
     def open(cls, path, model=None) -> Embeddings:
         """Open cached embeddings from a store path; the slide is not needed."""
-        import zarr
+        from .store import read_store
 
-        path = Path(path)
-        try:
-            group = zarr.open_group(str(path), mode="r")
-            attrs = dict(group.attrs)
-            cell_tissue = group["cell_tissue"][:] if "cell_tissue" in group else None
-            grid = TileGrid.from_dict(
-                attrs["grid"], group["indices"][:], group["tissue"][:], cell_tissue
-            )
-            features = group["features"][:]
-            done = group["done"][:]
-        except (KeyError, FileNotFoundError, ValueError) as exc:
-            raise CacheError(f"{path} is not a napari-conch embedding store ({exc}).") from exc
-        metadata = {k: attrs.get(k) for k in ("model", "slide", "grid", "created", "signature")}
-        if attrs.get("decode"):
-            metadata["decode"] = attrs["decode"]
-        return cls(features, done, grid, metadata, store_path=path, model=model)
+        contents = read_store(path)
+        return cls(
+            contents.features,
+            contents.done,
+            contents.grid,
+            contents.metadata,
+            store_path=Path(path),
+            model=model,
+        )
 
     def refresh(self) -> Embeddings:
         """Re-read features written since (e.g. while another process embeds)."""

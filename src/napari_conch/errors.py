@@ -7,75 +7,91 @@ GUI can catch the whole family, while the standard bases (``ValueError``,
 
 from __future__ import annotations
 
+import importlib
 import re
+from dataclasses import dataclass, field
 
 # An instruction to set an option, written «name=value» inside a message (or «!name»: leave
-# it unset). Python users read "pass name=value", the command line "pass --name value", the
-# napari widget the control that sets it; see :func:`for_interface`.
+# it unset). Each interface words it for its own controls: Python users read "pass
+# name=value", the command line "pass --name value", the napari widget the control that sets
+# it. The library knows only the Python wording; the front ends bring theirs.
 _OPTION = re.compile(r"«(!?)(\w+)(?:=([^»]*))?»")
-INTERFACES = ("python", "cli", "napari")
 
-# How each interface sets an option ({value}: the value named in the message, unquoted).
-# Options missing here read "pass name=value" (Python), "pass --name value" (command line)
-# and "set name to value" (widget).
-_PHRASES = {
-    "checkpoint": {
-        "napari": "enter {value} in the Model tab's Weights field (or pick it with File…)",
-        "napari-unset": "clear the Model tab's Weights field and untick 'untrained (random) "
-        "weights'",
-    },
-    "tokenizer": {
-        "napari": "set the NAPARI_CONCH_TOKENIZER environment variable to {value} and "
-        "restart napari",
-    },
-    "mpp": {
-        "python": "pass mpp={value} to open_slide",
-        "napari": "enter it in the Slide tab's Pixel size field (for example {value})",
-    },
-    "token": {  # never a command-line argument: process listings would show it
-        "python": "pass token=… (or set $HF_TOKEN, or run `huggingface-cli login`)",
-        "cli": "set $HF_TOKEN (or run `huggingface-cli login`)",
-        "napari": "paste a Hugging Face token into the Model tab's Token field",
-    },
-}
-_SPECIAL = {
-    ("napari", "checkpoint", "random"): "tick 'untrained (random) weights' in the Model tab",
-}
+
+@dataclass(frozen=True)
+class Wording:
+    """How one interface phrases option instructions.
+
+    ``set`` and ``unset`` are the defaults, formatted with ``name`` (as given), ``words``
+    (underscores as spaces), ``flag`` (``--name-like-this``), ``value`` (as written) and
+    ``bare`` (without quotes). ``options`` holds per-option texts (keys ``"set"``,
+    ``"unset"``; ``{value}`` is the bare value); ``special`` texts for one value of one
+    option.
+    """
+
+    set: str = "pass {name}={value}"
+    unset: str = "leave {name} unset"
+    options: dict = field(default_factory=dict)
+    special: dict = field(default_factory=dict)
+
+    def render(self, message: str) -> str:
+        def phrase(match: re.Match) -> str:
+            unset, name, value = match.group(1), match.group(2), match.group(3) or ""
+            bare = value.strip("'\"")
+            names = {
+                "name": name,
+                "words": name.replace("_", " "),
+                "flag": f"--{name.replace('_', '-')}",
+                "value": value,
+                "bare": bare,
+            }
+            own = self.options.get(name, {})
+            if unset:
+                return own.get("unset") or self.unset.format(**names)
+            special = self.special.get((name, bare))
+            if special:
+                return special
+            text = own.get("set")
+            return text.format(value=bare) if text else self.set.format(**names)
+
+        return _OPTION.sub(phrase, message)
+
+
+PYTHON = Wording(
+    options={
+        "mpp": {"set": "pass mpp={value} to open_slide"},
+        "token": {"set": "pass token=… (or set $HF_TOKEN, or run `huggingface-cli login`)"},
+    }
+)
+# The front ends' wordings, imported when first needed (each module defines WORDING).
+_WORDINGS: dict = {"python": PYTHON}
+_FRONT_ENDS = {"cli": "napari_conch.cli.wording", "napari": "napari_conch._napari.wording"}
+INTERFACES = ("python", *_FRONT_ENDS)
+
+
+def register_wording(interface: str, wording: Wording) -> None:
+    """Phrase option instructions for another front end (a plugin's own GUI)."""
+    _WORDINGS[interface] = wording
+
+
+def wording(interface: str) -> Wording:
+    """The :class:`Wording` of ``interface`` ("python", "cli", "napari" or a registered one)."""
+    if interface not in _WORDINGS and interface in _FRONT_ENDS:
+        _WORDINGS[interface] = importlib.import_module(_FRONT_ENDS[interface]).WORDING
+    if interface not in _WORDINGS:
+        raise ValueError(
+            f"interface must be one of {sorted({*INTERFACES, *_WORDINGS})}; got {interface!r}."
+        )
+    return _WORDINGS[interface]
 
 
 def for_interface(message: str, interface: str = "python") -> str:
     """Render the option instructions in ``message`` for the interface showing it.
 
-    ``«checkpoint='random'»`` becomes "pass checkpoint='random'" for Python,
-    "pass --checkpoint random" on the command line, and "tick 'untrained (random) weights'
-    in the Model tab" in the napari widget.
+    ``«checkpoint='random'»`` becomes "pass checkpoint='random'" for Python; the command
+    line and the napari widget name their own option or control for it.
     """
-    if interface not in INTERFACES:
-        raise ValueError(f"interface must be one of {INTERFACES}; got {interface!r}.")
-
-    def render(match: re.Match) -> str:
-        unset, name, value = match.group(1), match.group(2), match.group(3) or ""
-        flag = f"--{name.replace('_', '-')}"
-        if unset:
-            default = {
-                "python": f"leave {name} unset",
-                "cli": f"leave out {flag}",
-                "napari": f"leave {name.replace('_', ' ')} empty",
-            }[interface]
-            return _PHRASES.get(name, {}).get(f"{interface}-unset", default)
-        bare = value.strip("'\"")
-        special = _SPECIAL.get((interface, name, bare))
-        if special:
-            return special
-        default = {
-            "python": f"pass {name}={value}",
-            "cli": f"pass {flag} {bare}",
-            "napari": f"set {name.replace('_', ' ')} to {bare}",
-        }[interface]
-        phrase = _PHRASES.get(name, {}).get(interface)
-        return phrase.format(value=bare) if phrase else default
-
-    return _OPTION.sub(render, message)
+    return wording(interface).render(message)
 
 
 def describe(exc: BaseException, interface: str = "python") -> str:
@@ -134,3 +150,7 @@ class OutputError(NapariConchError, OSError):
 
 class CacheError(NapariConchError, OSError):
     """The embedding cache cannot be used (location not writable, store damaged, …)."""
+
+
+class ResultReadError(NapariConchError, ValueError):
+    """A file or folder does not hold a napari-conch result."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .progress import ProgressReport
 from .prompts import PromptSet, as_prompt_set, softmax_probabilities
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,13 @@ def evaluate_tiles(
     *,
     label_map: dict[str, str] | None = None,
     batch_size: int = 32,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> TileEvaluation:
     """Zero-shot classify every tile of a dataset and score the predictions.
 
     ``prompts`` must have a class for every dataset label (matched by name, or through
-    ``label_map`` {dataset label: prompt class}).
+    ``label_map`` {dataset label: prompt class}). ``progress(done, total, images_per_s)``
+    after every batch.
     """
     from PIL import Image
 
@@ -103,6 +105,7 @@ def evaluate_tiles(
     y_true = np.array([names.index(m) for m in mapped])
     weights = prompt_set.class_embeddings(model)
     logits = np.empty((len(paths), len(names)), np.float32)
+    report = ProgressReport(progress)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         images = []
@@ -112,8 +115,7 @@ def evaluate_tiles(
         for rows, group in _same_shape_groups(images):
             feats = model.project(model.encode_images(np.stack(group)), normalize=True)
             logits[[start + r for r in rows]] = np.asarray(feats) @ weights.T
-        if progress is not None:
-            progress(min(start + batch_size, len(paths)), len(paths))
+        report(min(start + batch_size, len(paths)), len(paths))
     probabilities = softmax_probabilities(logits, model.logit_scale)
     y_pred = logits.argmax(axis=1)
     metrics = tile_metrics(y_true, y_pred, probabilities, names)

@@ -211,6 +211,24 @@ class PromptSet:
         """A copy with one more class."""
         return PromptSet({**self.classes, name: list(synonyms)}, self.templates)
 
+    def with_background(self, background) -> tuple[PromptSet, int | None]:
+        """The prompts an analysis with ``background`` uses, and the background's index.
+
+        ``background`` is a class of this set (its index is returned), phrases for an extra
+        class called "background" (appended), or None (no background class).
+        """
+        if background is None:
+            return self, None
+        if isinstance(background, str) and background in self.classes:
+            return self, self.names.index(background)
+        phrases = [background] if isinstance(background, str) else list(background)
+        if "background" in self.classes:
+            raise ValueError(
+                "The prompts already have a 'background' class; pass background='background'."
+            )
+        extended = self.with_class("background", phrases)
+        return extended, len(extended) - 1
+
     def __eq__(self, other) -> bool:
         return (
             isinstance(other, PromptSet)
@@ -232,6 +250,14 @@ def as_prompt_set(prompts) -> PromptSet:
     ):
         return PromptSet.from_json(prompts)
     return PromptSet(prompts)
+
+
+def encode_prompts(model, prompts, background=None) -> np.ndarray:
+    """The class embeddings an analysis of ``prompts`` (with ``background``) will use,
+    computed now — so a prompt the model cannot encode surfaces before any tile is embedded
+    (the model's text cache keeps them for the analysis)."""
+    prompt_set, _ = as_prompt_set(prompts).with_background(background)
+    return prompt_set.class_embeddings(model)
 
 
 def _as_list(value, what: str) -> list:

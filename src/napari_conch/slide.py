@@ -17,38 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
+from .deprecation import forward_names
 from .errors import MissingMppError, SlideReadError
+from .readers import BACKENDS, choose_reader, get_reader, readers_to_try
 from .readers.base import MPP_RANGE, ArraySource, Backend, LevelReader
-from .readers.image import IMAGE_SUFFIXES, ArrayLevel, DownsampledLevel, open_image
-from .readers.omezarr import is_ome_zarr, open_ome_zarr
-from .readers.openslide_reader import INSTALL_HINT, open_openslide, openslide_available
-from .readers.tiff import open_tiff
+from .readers.image import ArrayLevel, DownsampledLevel
 
 logger = logging.getLogger(__name__)
 
-# Appended to a slide layer's name in napari when the file records no pixel size.
-MPP_UNKNOWN_NOTE = " (µm/px unknown)"
-
-TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".tf2", ".qptiff", ".ptif"}
-# Formats only OpenSlide reads, and TIFF-based ones it reads better than a generic reader.
-OPENSLIDE_SUFFIXES = {".mrxs", ".vms", ".vmu", ".svslide", ".scn", ".bif"}
-ZARR_SUFFIXES = {".zarr", ".ome.zarr"}
-SUPPORTED_SUFFIXES = TIFF_SUFFIXES | OPENSLIDE_SUFFIXES | IMAGE_SUFFIXES | ZARR_SUFFIXES
-BACKENDS = ("auto", "tifffile", "openslide", "ome-zarr", "image")
 # Images stored without a pyramid get coarser levels computed on demand above this size.
 _COMPUTED_PYRAMID_ABOVE = 4096
 _COMPUTED_PYRAMID_UNTIL = 1024
 
-_MAGIC = {
-    b"II*\x00": "tiff",
-    b"MM\x00*": "tiff",
-    b"II+\x00": "tiff",
-    b"MM\x00+": "tiff",
-    b"\x89PNG": "image",
-    b"\xff\xd8\xff": "image",
-    b"BM": "image",
-    b"GIF8": "image",
-}
+# Where format dispatch lived before the readers got their registry.
+__getattr__ = forward_names(
+    __name__,
+    {
+        "SUPPORTED_SUFFIXES": "napari_conch.readers",
+        "MPP_UNKNOWN_NOTE": "napari_conch.formats.files",
+    },
+)
 
 
 class Slide:
@@ -418,80 +406,19 @@ def open_slide(
     mpp = _check_mpp(mpp)
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-    kind = _choose_backend(path) if backend == "auto" else backend
-    openers = {
-        "tifffile": open_tiff,
-        "openslide": open_openslide,
-        "ome-zarr": open_ome_zarr,
-        "image": open_image,
-    }
-    tried = [kind]
-    if kind == "tifffile" and openslide_available():
-        tried.append("openslide")  # second chance for TIFF variants tifffile cannot read
+    chosen = choose_reader(path) if backend == "auto" else get_reader(backend)
     error: Exception | None = None
-    for name in tried:
+    for reader in readers_to_try(chosen):
         try:
-            opened = openers[name](path)
+            opened = reader.open(path)
         except ImportError as exc:
             error = exc
             continue
         except Exception as exc:
             error = error or exc
             continue
-        return Slide(opened, path=path, mpp=mpp, _reopen=(path, mpp, name))
+        return Slide(opened, path=path, mpp=mpp, _reopen=(path, mpp, reader.name))
     raise SlideReadError(f"Cannot open {path}: {_reason(error)}") from error
-
-
-def _choose_backend(path: Path) -> str:
-    if not path.exists():
-        raise SlideReadError(f"Cannot open {path}: no such file or directory.")
-    suffix = _suffix(path)
-    if path.is_dir():
-        if is_ome_zarr(path):
-            return "ome-zarr"
-        raise SlideReadError(
-            f"Cannot open {path}: it is a directory, not an image file or an OME-Zarr image."
-        )
-    if not os.access(path, os.R_OK):
-        raise SlideReadError(f"Cannot open {path}: permission denied (the file is not readable).")
-    size = path.stat().st_size
-    if size == 0:
-        raise SlideReadError(f"Cannot open {path}: the file is empty (0 bytes).")
-    if suffix in OPENSLIDE_SUFFIXES:
-        if openslide_available():
-            return "openslide"
-        if suffix in {".scn", ".bif"}:
-            return "tifffile"
-        raise SlideReadError(f"Cannot open {path}: {INSTALL_HINT}")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except PermissionError as exc:
-        raise SlideReadError(f"Cannot open {path}: permission denied.") from exc
-    except OSError as exc:
-        raise SlideReadError(f"Cannot open {path}: {exc.strerror or exc}.") from exc
-    for magic, kind in _MAGIC.items():
-        if head.startswith(magic):
-            return "tifffile" if kind == "tiff" else "image"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image"
-    if suffix in SUPPORTED_SUFFIXES:
-        raise SlideReadError(
-            f"Cannot open {path}: its content is not a {suffix} image (the file does not start "
-            "with an image signature; it may be corrupt or mislabelled)."
-        )
-    raise SlideReadError(
-        f"Cannot open {path}: not a supported slide or image format (supported: "
-        f"{', '.join(sorted(SUPPORTED_SUFFIXES))})."
-    )
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for double in (".ome.zarr", ".ome.tif", ".ome.tiff"):
-        if name.endswith(double):
-            return ".ome.zarr" if double == ".ome.zarr" else ".tif"
-    return path.suffix.lower()
 
 
 def _reason(exc: Exception | None) -> str:

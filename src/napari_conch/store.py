@@ -27,13 +27,15 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .embeddings import Embeddings
+from .decoding import decode_label
 from .errors import CacheError
-from .protocol import is_trained, weights_hash
+from .protocol import weights_hash
+from .provenance import Provenance
 from .slide import Slide
 from .tiling import TileGrid
 
@@ -43,10 +45,27 @@ CACHE_ENV = "NAPARI_CONCH_CACHE"
 STORE_VERSION = 1
 _CHUNK_ROWS = 256
 _DTYPES = {"float32": np.float32, "float16": np.float16}
-__all__ = ["CacheError", "EmbeddingStore", "Embeddings", "cache_root", "slide_fingerprint"]
+# What ``cache=`` may be to keep embeddings in memory only.
+NO_CACHE = (None, False, "none", "off", "")
+__all__ = [
+    "CacheError",
+    "EmbeddingStore",
+    "StoreContents",
+    "cache_root",
+    "read_store",
+    "slide_fingerprint",
+    "uses_cache",
+]
 
 
 # -- where ----------------------------------------------------------------------------------
+
+
+def uses_cache(cache) -> bool:
+    """Whether ``cache=`` asks for a cache (not None, False, "none" or "off")."""
+    if isinstance(cache, str):
+        return cache.strip().lower() not in NO_CACHE
+    return cache is not None and cache is not False
 
 
 def cache_root(cache="auto") -> Path:
@@ -55,7 +74,7 @@ def cache_root(cache="auto") -> Path:
 
     Raises :class:`CacheError` when the location cannot be created or written.
     """
-    if cache is None or cache is False:
+    if not uses_cache(cache):
         raise ValueError("cache_root needs a location; use cache=None in embed() for no cache.")
     if isinstance(cache, str) and cache == "auto":
         env = os.environ.get(CACHE_ENV, "").strip()
@@ -140,11 +159,6 @@ def store_signature(
     if decode is not None and decode != decode_label(1):
         signature["preprocessing"]["decode"] = decode
     return signature
-
-
-def decode_label(reduce: int) -> str:
-    """How tiles were decoded, as stores and results record it."""
-    return "full, then resized" if reduce == 1 else f"JPEG at 1/{reduce} size (DCT domain)"
 
 
 def store_cache_root(store_path) -> Path:
@@ -271,8 +285,48 @@ class EmbeddingStore:
         if lock is not None and lock.is_locked:
             lock.release()
 
-    def load(self, model=None) -> Embeddings:
-        return Embeddings.open(self.path, model=model)
+
+@dataclass(frozen=True)
+class StoreContents:
+    """Everything a store holds, read back: features, which tiles are done, the grid, and
+    the provenance kept with them (``metadata``)."""
+
+    features: np.ndarray
+    done: np.ndarray
+    grid: TileGrid
+    metadata: dict
+
+
+def read_store(path) -> StoreContents:
+    """Read an embedding store written by :class:`EmbeddingStore` (the slide and the model
+    are not needed). Raises :class:`CacheError` for a folder that is not one, or one made by
+    a napari-conch whose layout this version does not read."""
+    import zarr
+
+    path = Path(path)
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+        version = attrs["napari_conch"]
+        if version != STORE_VERSION:
+            raise CacheError(
+                f"{path} is an embedding store of layout version {version!r}; this napari-conch "
+                f"reads version {STORE_VERSION}. Embed the slide again (the store is not changed)."
+            )
+        cell_tissue = group["cell_tissue"][:] if "cell_tissue" in group else None
+        grid = TileGrid.from_dict(
+            attrs["grid"], group["indices"][:], group["tissue"][:], cell_tissue
+        )
+        features = group["features"][:]
+        done = group["done"][:]
+    except CacheError:
+        raise
+    except (KeyError, FileNotFoundError, ValueError) as exc:
+        raise CacheError(f"{path} is not a napari-conch embedding store ({exc}).") from exc
+    metadata = {k: attrs.get(k) for k in ("model", "slide", "grid", "created", "signature")}
+    if attrs.get("decode"):
+        metadata["decode"] = attrs["decode"]
+    return StoreContents(features, done, grid, metadata)
 
 
 def _create(path: Path, signature: dict, slide: Slide, model, grid: TileGrid, dtype: str) -> None:
@@ -299,9 +353,9 @@ def _create(path: Path, signature: dict, slide: Slide, model, grid: TileGrid, dt
         {
             "napari_conch": STORE_VERSION,
             "signature": signature,
-            **describe(
+            **Provenance.of_embeddings(
                 slide, model, grid, signature["slide"], signature["preprocessing"].get("decode")
-            ),
+            ).to_metadata(),
         }
     )
     tmp.rename(path)  # the store appears complete or not at all
@@ -317,35 +371,6 @@ def _write_cell_tissue(group, grid: TileGrid) -> None:
     group["cell_tissue"][:] = grid.cell_tissue
 
 
-def describe(
-    slide: Slide, model, grid: TileGrid, fingerprint: str, decode: str | None = None
-) -> dict:
-    """The model, slide and grid descriptions kept with embeddings (and their results)."""
-    described = {
-        "model": {
-            "name": str(model.name),
-            "weights_hash": weights_hash(model),
-            "trained": is_trained(model),
-            "embed_dim": int(model.embed_dim),
-            "input_size": int(model.input_size),
-            "target_mpp": float(model.target_mpp),
-            "logit_scale": float(model.logit_scale),
-        },
-        "slide": {
-            "name": slide.name,
-            "path": str(slide.path) if slide.path else None,
-            "mpp": slide.mpp,
-            "shape": list(slide.shape),
-            "fingerprint": fingerprint,
-        },
-        "grid": grid.to_dict(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if decode:
-        described["decode"] = decode
-    return described
-
-
 def _remove_partials(path: Path) -> None:
     """Drop temporary chunk files a killed writer left behind (called under the lock)."""
     for leftover in path.rglob("*.partial"):
@@ -356,6 +381,3 @@ def _lock_for(path: Path):
     from filelock import FileLock
 
     return FileLock(str(path) + ".lock")
-
-
-# -- results --------------------------------------------------------------------------------

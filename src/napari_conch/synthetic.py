@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .deprecation import forward_names
 from .slide import Slide
 
 CLASS_NAMES = ("tumor", "stroma", "necrosis")
 # Mean RGB of the glass and of each planted class (label 1..3).
-BACKGROUND_COLOUR = (244, 242, 247)
-CLASS_COLOURS = {"tumor": (112, 62, 152), "stroma": (226, 142, 178), "necrosis": (208, 178, 172)}
-_COLOURS = np.array([BACKGROUND_COLOUR, *(CLASS_COLOURS[n] for n in CLASS_NAMES)], dtype=np.int16)
+BACKGROUND_COLOR = (244, 242, 247)
+CLASS_COLORS = {"tumor": (112, 62, 152), "stroma": (226, 142, 178), "necrosis": (208, 178, 172)}
+_COLORS = np.array([BACKGROUND_COLOR, *(CLASS_COLORS[n] for n in CLASS_NAMES)], dtype=np.int16)
 _NUCLEUS = np.array((62, 38, 104), dtype=np.int16)
 _NUCLEI_PER_MM2 = (0, 9000, 1500, 400)  # background, tumor, stroma, necrosis
 _LABEL_DOWNSAMPLE = 8
@@ -79,7 +80,7 @@ def synthetic_slide(size: int = 4096, mpp: float = 0.5, seed: int = 0) -> Synthe
                 "half_size_um": (hy * side_um, hx * side_um),
             }
         )
-    image = _blow_up(_COLOURS[labels], _LABEL_DOWNSAMPLE)  # (size, size, 3) int16
+    image = _blow_up(_COLORS[labels], _LABEL_DOWNSAMPLE)  # (size, size, 3) int16
     # Low-frequency staining variation plus pixel noise, so tiles are not flat colour.
     coarse = rng.normal(0, 7, size=(n // 8 + 1, n // 8 + 1, 3)).astype(np.int16)
     image += _blow_up(coarse, _LABEL_DOWNSAMPLE * 8)[:size, :size]
@@ -124,3 +125,13 @@ def _add_nuclei(image: np.ndarray, labels: np.ndarray, downsample: int, mpp: flo
                 yy = np.clip(ys + dy, 0, size - 1)
                 xx = np.clip(xs + dx, 0, size - 1)
                 image[yy, xx] = _NUCLEUS
+
+
+# Renamed to the spelling of every other colour name in the API ("color").
+__getattr__ = forward_names(
+    __name__,
+    {
+        "BACKGROUND_COLOUR": "napari_conch.synthetic:BACKGROUND_COLOR",
+        "CLASS_COLOURS": "napari_conch.synthetic:CLASS_COLORS",
+    },
+)

@@ -200,6 +200,68 @@ class TileGrid:
         )
         return np.flatnonzero(hit)
 
+    def tile_centres_um(self, offset_um=(0.0, 0.0)) -> np.ndarray:
+        """World (y, x) µm of each tile's centre, (N, 2); ``offset_um``: where the slide's
+        layer was moved to, on top of the slide's own origin."""
+        centres = (self.coords + self.tile_px / 2) * self.mpp
+        return centres + np.asarray(self.offset_um) + np.asarray(offset_um, float)
+
+    def tile_at_um(self, y_um: float, x_um: float) -> int:
+        """The tile whose centre is closest to a world µm point (it must lie in a tile)."""
+        point = (np.array([y_um, x_um]) - np.asarray(self.offset_um)) / self.mpp
+        distance = np.abs(self.coords + self.tile_px / 2 - point).max(axis=1)
+        best = int(np.argmin(distance)) if len(distance) else -1
+        if best < 0 or distance[best] > self.tile_px / 2:
+            raise ValueError(f"No tile covers the point ({y_um:.1f}, {x_um:.1f}) µm.")
+        return best
+
+    def tiles_in_polygons(self, polygons, offset_um=(0.0, 0.0)) -> np.ndarray:
+        """Which tiles (by their centre) lie inside any of ``polygons`` — shapely geometries
+        in world µm (x, y), e.g. from :func:`~napari_conch.geometry.shape_polygon`; bool (N,)."""
+        from .geometry import points_in_polygons
+
+        return points_in_polygons(self.tile_centres_um(offset_um), polygons)
+
+    def tiles_in_label_image(
+        self, labels, scale_um=(1.0, 1.0), translate_um=(0.0, 0.0), offset_um=(0.0, 0.0)
+    ) -> np.ndarray:
+        """Which tiles (by their centre) fall on a labelled pixel (> 0) of a painted label
+        image placed at ``scale_um``/``translate_um`` in the world; bool (N,)."""
+        from .geometry import points_in_labels
+
+        return points_in_labels(self.tile_centres_um(offset_um), labels, scale_um, translate_um)
+
+    def processing_order(self, region=None, region_only: bool = False, tiles=None) -> np.ndarray:
+        """Tile positions in the order to compute them: raster order, or — with a µm
+        ``region`` (y0, x0, y1, x1), e.g. the viewport — the tiles there first, then the
+        others outward from its centre. ``region_only``: just those; ``tiles``: only these
+        positions."""
+        n = len(self)
+        if tiles is not None:
+            base = np.asarray(tiles, np.int64).ravel()
+            if len(base) and (base.min() < 0 or base.max() >= n):
+                raise IndexError(f"tiles must be positions in 0…{n - 1}.")
+        else:
+            base = np.arange(n, dtype=np.int64)
+        if region is None:
+            if region_only:
+                raise ValueError("region_only=True needs a region (a µm box y0, x0, y1, x1).")
+            return base
+        y0, x0, y1, x1 = (float(v) for v in region)
+        if not (y1 > y0 and x1 > x0):
+            raise ValueError(
+                f"region must be (y0, x0, y1, x1) with y1 > y0 and x1 > x0; got {region}."
+            )
+        inside = np.zeros(n, bool)
+        inside[self.tiles_in_box_um(region)] = True
+        centre = (np.array([(y0 + y1) / 2, (x0 + x1) / 2]) - self.offset_um) / self.mpp
+        tile_centres = self.coords[base] + self.tile_px / 2
+        distance = np.hypot(*(tile_centres - centre).T)
+        first = inside[base]
+        order = np.lexsort((distance, ~first))  # region tiles first, each group by distance
+        ordered = base[order]
+        return ordered[inside[ordered]] if region_only else ordered
+
     def to_dict(self) -> dict:
         """JSON-serialisable geometry (arrays excluded) — stored with cached embeddings."""
         return {

@@ -6,16 +6,8 @@ from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QDialog, QDialogButtonBox, QLabel, QMessageBox, QVBoxLayout
 
-from ..export import FORMATS
+from ..formats import REGISTRY
 
-FORMAT_LABELS = {
-    "geojson": "QuPath GeoJSON — one region per class",
-    "geojson-tiles": "QuPath GeoJSON — one square per tile, with its scores",
-    "ome-zarr": "OME-Zarr — labels, probabilities and the similarity map",
-    "ome-tiff": "OME-TIFF — label image, and the similarity map",
-    "csv": "Tile table (CSV)",
-    "parquet": "Tile table (Parquet)",
-}
 REPLACE, KEEP_BOTH = "replace", "keep both"
 
 
@@ -26,11 +18,11 @@ def choose_formats(parent, selected) -> list[str] | None:
     layout = QVBoxLayout(dialog)
     layout.addWidget(QLabel("Write these files (a summary JSON is always written):"))
     boxes = {}
-    for name in FORMATS:
-        box = QCheckBox(FORMAT_LABELS[name])
-        box.setChecked(name in selected)
+    for fmt in REGISTRY:
+        box = QCheckBox(fmt.label)
+        box.setChecked(fmt.name in selected)
         layout.addWidget(box)
-        boxes[name] = box
+        boxes[fmt.name] = box
     buttons = QDialogButtonBox(
         QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
     )

@@ -6,7 +6,9 @@ import contextlib
 
 import numpy as np
 
-from ..slide import MPP_UNKNOWN_NOTE, Slide
+from ..formats.files import MPP_UNKNOWN_NOTE
+from ..results import SegmentationResult
+from ..slide import Slide
 
 MICROMETRE = "micrometer"
 
@@ -193,8 +195,6 @@ def result_layer_data(result, prefix: str | None = None) -> list[tuple]:
     """napari layer tuples (data, kwargs, kind) for a SegmentationResult or SimilarityMap —
     what the reader returns for napari-conch's own exports. Probability and uncertainty
     images come along (hidden) when the result holds them."""
-    from ..zeroshot import SegmentationResult
-
     prefix = prefix or layer_prefix(result)
     placement = _placement(result)
     if not isinstance(result, SegmentationResult):
@@ -286,25 +286,24 @@ def _points_on_top(viewer) -> None:
 
 def show_tiles(
     viewer,
-    records: list[dict],
+    hits: list,
     name: str,
     offset_um=(0.0, 0.0),
     color="yellow",
     slide: str | None = None,
 ):
-    """Tile centres as points with their score (and rank) as features and text. ``slide``:
-    the slide they were found on (another slide's points of that name are left alone)."""
-    if records:
-        points = np.array(
-            [[r["y_um"] + r["size_um"] / 2, r["x_um"] + r["size_um"] / 2] for r in records]
-        )
+    """Tile centres of :class:`~napari_conch.results.Hit` objects as points, with their score
+    (and rank) as features and text. ``slide``: the slide they were found on (another
+    slide's points of that name are left alone)."""
+    if hits:
+        points = np.array([[h.y_um + h.size_um / 2, h.x_um + h.size_um / 2] for h in hits])
         points = points + np.asarray(offset_um)
-        size = float(records[0]["size_um"])
+        size = float(hits[0].size_um)
     else:
         points, size = np.zeros((0, 2)), 10.0
     features = {
-        "rank": np.arange(1, len(records) + 1),
-        "score": np.array([r["score"] for r in records], float),
+        "rank": np.arange(1, len(hits) + 1),
+        "score": np.array([h.score for h in hits], float),
     }
     layer = upsert(
         viewer,

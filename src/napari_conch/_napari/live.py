@@ -45,7 +45,7 @@ def segmentation_steps(
     last run's Embeddings, continued when they fit (an in-memory image cancelled and run
     again does not start from zero).
     """
-    from ..engine import embed_steps
+    from ..pipeline import embed_steps
     from ..tiling import tile_grid
 
     if restrict is not None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..readback import is_result_file, read_result_file
-from ..slide import SUPPORTED_SUFFIXES, _suffix, open_slide
+from ..formats import is_result_file, read_result_file
+from ..readers import SUPPORTED_SUFFIXES, suffix_of
+from ..slide import open_slide
 from .layers import result_layer_data, show_scale_bar, slide_layer_data
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def napari_get_reader(path):
         p = Path(path)
         if is_result_file(p):  # our own exports come back as results, not as slides
             return _result_reader(p)
-        if _suffix(p) not in SUPPORTED_SUFFIXES and not p.is_dir():
+        if suffix_of(p) not in SUPPORTED_SUFFIXES and not p.is_dir():
             return None
         slide = open_slide(p)
     except Exception as exc:  # a reader must not raise: napari will try other plugins

@@ -139,37 +139,22 @@ def tiles_inside_layer(grid, layer, offset_um=(0.0, 0.0)) -> np.ndarray:
     """Which tiles (by their centre) fall inside a user's Labels (value > 0) or Shapes layer.
 
     Lets a pathologist restrict the analysis to a region they painted or outlined, instead
-    of (or besides) automatic tissue detection. Works in world coordinates (µm), so the
-    layer may have any scale and translation.
+    of (or besides) automatic tissue detection. The layer's data is taken to the world (µm)
+    with its scale and translation; the geometry is the library's.
     """
-    centres = (grid.coords + grid.tile_px / 2) * grid.mpp + np.asarray(offset_um)
+    from ..geometry import SHAPE_TYPES, shape_polygon
+
+    scale = np.asarray(layer.scale[-2:], float)
+    translate = np.asarray(layer.translate[-2:], float)
     kind = type(layer).__name__
     if kind == "Labels":
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        scale = np.asarray(layer.scale[-2:], float)
-        translate = np.asarray(layer.translate[-2:], float)
-        index = np.round((centres - translate) / scale).astype(int)
-        shape = np.asarray(data.shape[-2:])
-        inside = ((index >= 0) & (index < shape)).all(axis=1)
-        keep = np.zeros(len(centres), bool)
-        rows, cols = index[inside].T
-        lookup = data.vindex if hasattr(data, "vindex") else data  # dask: pointwise indexing
-        keep[inside] = np.asarray(lookup[rows, cols]) > 0
-        return keep
+        return grid.tiles_in_label_image(data, scale, translate, offset_um)
     if kind == "Shapes":
-        from skimage.measure import points_in_poly
-
-        scale = np.asarray(layer.scale[-2:], float)
-        translate = np.asarray(layer.translate[-2:], float)
-        points = (centres - translate) / scale
-        keep = np.zeros(len(centres), bool)
-        for vertices, shape_type in zip(layer.data, layer.shape_type, strict=True):
-            verts = np.asarray(vertices)[:, -2:]
-            if shape_type == "ellipse":
-                centre = verts.mean(axis=0)
-                radii = np.abs(verts - centre).max(axis=0)
-                keep |= (((points - centre) / np.maximum(radii, 1e-9)) ** 2).sum(axis=1) <= 1
-            elif shape_type in ("polygon", "rectangle", "path"):
-                keep |= points_in_poly(points, verts)
-        return keep
+        polygons = [
+            shape_polygon(np.asarray(vertices)[:, -2:] * scale + translate, shape_type)
+            for vertices, shape_type in zip(layer.data, layer.shape_type, strict=True)
+            if shape_type in SHAPE_TYPES
+        ]
+        return grid.tiles_in_polygons(polygons, offset_um)
     raise TypeError(f"A mask layer must be a Labels or Shapes layer, not {kind}.")

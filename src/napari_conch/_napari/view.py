@@ -22,8 +22,8 @@ def show(viewer, obj, **kwargs):
     Accepts a Slide (or a path), a SegmentationResult, a SimilarityMap, a Retrieval, a
     SlideCall (its evidence tiles) or a TissueMask. Returns the layer(s).
     """
+    from ..results import Retrieval, SegmentationResult, SimilarityMap, SlideCall
     from ..tissue import TissueMask
-    from ..zeroshot import Retrieval, SegmentationResult, SimilarityMap, SlideCall
 
     if isinstance(obj, (str, os.PathLike)):
         obj = open_slide(obj)
@@ -40,7 +40,7 @@ def show(viewer, obj, **kwargs):
     if isinstance(obj, Retrieval):
         return show_tiles(
             viewer,
-            [vars(h) for h in obj.hits],
+            obj.hits,
             kwargs.get("name", f"{layer_prefix(obj)} retrieval"),
         )
     if isinstance(obj, SlideCall):
@@ -77,7 +77,7 @@ def view(
         Classes to put in the segmentation table.
     results : list or path, optional
         Results to show over the slide: segmentations and similarity maps, or a folder of
-        napari-conch exports (read with :func:`napari_conch.readback.read_results`).
+        napari-conch exports (read with :func:`napari_conch.formats.read_results`).
     block : bool, optional
         Run the Qt event loop until the window closes. Default: yes from a script or the
         command line, no inside IPython/Jupyter (where the loop already runs).
@@ -99,7 +99,7 @@ def view(
         widget.choose_slide(layer.name)
     if results is not None:
         if isinstance(results, (str, os.PathLike)):
-            from ..readback import read_results
+            from ..formats import read_results
 
             results = read_results(results)
         for result in results:

@@ -10,9 +10,10 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from ..deprecation import forward_names
 from ..errors import WeightsNotFoundError
 from ..protocol import ImageTextModel, check_model
-from .colour_toy import COLOUR_TOY, ColourToyModel, build_colour_toy
+from .color_toy import COLOR_TOY, ColorToyModel, build_color_toy
 from .registry import (
     ENTRY_POINT_GROUP,
     available_models,
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ENTRY_POINT_GROUP",
     "ClipModel",
-    "ColourToyModel",
+    "ColorToyModel",
     "ConchConfig",
     "ConchModel",
     "ImageTextModel",
@@ -59,10 +60,16 @@ _BACKENDS = {
 }
 
 
+# Renamed to the API's one spelling of colour ("color"); the model's name stays "colour-toy".
+_RENAMED = forward_names(
+    __name__, {"ColourToyModel": "napari_conch.models.color_toy:ColorToyModel"}
+)
+
+
 def __getattr__(name: str):
     module = _BACKENDS.get(name)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _RENAMED(name)
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
@@ -77,7 +84,7 @@ def default_model() -> str:
     try:
         find_checkpoint(None, repo_id="MahmoodLab/conch", download=False)
     except (WeightsNotFoundError, ValueError):
-        return COLOUR_TOY
+        return COLOR_TOY
     return "conch"
 
 
@@ -133,8 +140,8 @@ register_model(
     check_text=_conch_text,
 )
 register_model(
-    COLOUR_TOY,
-    build_colour_toy,
+    COLOR_TOY,
+    build_color_toy,
     description="colour toy for demos on the synthetic slide: no weights, not a pathology model",
     aliases=("colour_toy", "color-toy", "color_toy"),
 )

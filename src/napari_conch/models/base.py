@@ -239,7 +239,7 @@ class TorchImageTextModel:
         return {
             "model": self.name,
             "trained": self.trained,
-            "weights": self.weights.describe(),
+            "weights": self.weights.description,
             "device": str(self.device),
             "precision": self.precision,
             "input_size": self.input_size,

@@ -166,7 +166,7 @@ def build_conch(
         source, trained = WeightsSource(None, "random"), False
     else:
         source = find_checkpoint(checkpoint, repo_id=repo_id, token=token, model_name=name)
-        logger.info("Loading %s weights from %s", name, source.describe())
+        logger.info("Loading %s weights from %s", name, source.description)
         network = load_network(config, source.path, dev, model_name=name)
         trained = True
     network.eval().requires_grad_(False)

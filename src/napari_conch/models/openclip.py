@@ -165,7 +165,7 @@ def build_openclip(
             model_name=name,
             token=token,
         )
-        logger.info("Loading %s weights from %s", name, source.describe())
+        logger.info("Loading %s weights from %s", name, source.description)
         beside = source.path.parent / CONFIG_NAME
         cfg = (
             _read_config(config if config is not None else beside)

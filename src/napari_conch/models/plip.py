@@ -205,7 +205,7 @@ def build_plip(
             model_name=name,
             token=token,
         )
-        logger.info("Loading %s weights from %s", name, source.describe())
+        logger.info("Loading %s weights from %s", name, source.description)
         folder = source.path.parent
         try:
             cfg = CLIPConfig.from_pretrained(str(folder))

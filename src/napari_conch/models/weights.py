@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..deprecation import warn_deprecated
 from ..errors import CheckpointError, WeightsNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +51,9 @@ class WeightsSource:
     origin: str  # "argument", "environment", "hf-cache", "hf-hub", "random"
     repo_id: str | None = None
 
-    def describe(self) -> str:
+    @property
+    def description(self) -> str:
+        """Where the weights are, in words (e.g. "… (Hugging Face cache of MahmoodLab/conch)")."""
         if self.path is None:
             return "random (untrained) weights"
         where = {
@@ -60,6 +63,10 @@ class WeightsSource:
             "hf-hub": f"downloaded from {self.repo_id}",
         }.get(self.origin, self.origin)
         return f"{self.path} ({where})"
+
+    def describe(self) -> str:
+        warn_deprecated("WeightsSource.describe()", "WeightsSource.description")
+        return self.description
 
 
 def find_checkpoint(

@@ -8,9 +8,6 @@ from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 from ..layers import show_tiles
 from ._forms import form, page, rich, row
 
-# Top two classes closer than this in probability: the call says it is a close one.
-CLOSE_CALL = 0.05
-
 
 class CallPanel:
     """One call per slide from the Segment tab's classes (never its background class)."""
@@ -62,11 +59,10 @@ class CallPanel:
             for col, text in enumerate(cells):
                 self.call_table.setItem(r, col, QTableWidgetItem(text))
         untrained = "" if call.trained else " — UNTRAINED model, not a result"
-        ranked = sorted(call.probabilities.values(), reverse=True)
         close = (
-            f"<br>A close call: the next class is within {ranked[0] - ranked[1]:.3f} in "
+            f"<br>A close call: the next class is within {call.margin:.3f} in "
             "probability — read the evidence tiles before trusting it."
-            if len(ranked) > 1 and ranked[0] - ranked[1] < CLOSE_CALL
+            if call.is_close
             else ""
         )
         self.call_label.value = (

@@ -216,17 +216,14 @@ class ExplorePanel:
             return None
         try:
             emb = self.session.ready_embeddings()
-            background = self.segment_panel.background_class()
-            if background is not None:  # its phrases compete with the prompt, as in the map
-                classes = self.segment_panel.prompt_set().classes
-                background = classes.get(background, [background])
+            prompts = self.segment_panel.prompt_set()
         except (NapariConchError, ValueError) as exc:
             self.runner.error(exc)
             return None
 
         def shown(result):
             s = self.session
-            s.hits, s.hit_index = [vars(hit) for hit in result.hits], -1
+            s.hits, s.hit_index = list(result.hits), -1
             show_tiles(
                 self.viewer,
                 s.hits,
@@ -241,8 +238,9 @@ class ExplorePanel:
             emb,
             self.session.model,
             text,
-            int(self.k.value),
-            background=background,
+            k=int(self.k.value),
+            background=self.segment_panel.background_class(),  # competes as in the map
+            prompts=prompts,
             negative=self.negative.value.strip() or None,  # ranked as the heatmap shows
             on_return=shown,
         )
@@ -256,11 +254,8 @@ class ExplorePanel:
         hit = s.hits[s.hit_index]
         oy, ox = s.source.offset_um
         cam = camera(self.viewer)
-        cam.center = (
-            hit["y_um"] + hit["size_um"] / 2 + oy,
-            hit["x_um"] + hit["size_um"] / 2 + ox,
-        )
+        cam.center = (hit.y_um + hit.size_um / 2 + oy, hit.x_um + hit.size_um / 2 + ox)
         canvas = getattr(getattr(self.viewer, "window", None), "_qt_viewer", None)
         size = getattr(getattr(canvas, "canvas", None), "size", None) or (600, 600)
-        cam.zoom = min(size) / (3.0 * float(hit["size_um"]))
-        self.hit_label.value = f"#{s.hit_index + 1} of {len(s.hits)} · score {hit['score']:.3f}"
+        cam.zoom = min(size) / (3.0 * float(hit.size_um))
+        self.hit_label.value = f"#{s.hit_index + 1} of {len(s.hits)} · score {hit.score:.3f}"

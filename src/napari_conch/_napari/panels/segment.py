@@ -191,7 +191,7 @@ class SegmentPanel:
 
     def run_segmentation(self):
         """Embed (visible area first, drawn as batches land) and segment with the classes."""
-        from ...engine import CancelToken
+        from ...progress import CancelToken
 
         s = self.session
         try:
@@ -278,7 +278,7 @@ class SegmentPanel:
         it asks nothing: ``formats`` defaults to the last choice, and earlier files are kept
         unless ``overwrite=True``.
         """
-        from ...export import FORMATS, export_all, export_paths, file_stem, free_stem
+        from ...formats import FORMATS, export_all, export_paths, file_stem, free_stem
         from .. import export_dialog
 
         seg = self.session.segmentation
@@ -332,12 +332,11 @@ class SegmentPanel:
         )
 
     def _with_painted_fixes(self, seg):
-        """The segmentation with the labels as painted in its napari layer."""
-        from dataclasses import replace
-
+        """The segmentation with the labels as painted in its napari layer (and their
+        areas measured)."""
         layer = result_layer(self.viewer, seg)
         if layer is not None and np.shape(layer.data) == seg.labels.shape:
-            return replace(seg, labels=np.asarray(layer.data).copy())
+            return seg.with_labels(layer.data)
         return seg
 
 
