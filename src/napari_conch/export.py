@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from .formats import (
     FORMATS,
-    REGISTRY,
     export_all,
     export_paths,
     file_stem,
+    format_function,
     free_stem,
 )
 from .formats.geojson import BACKGROUND_RGB, to_geojson
@@ -52,11 +52,7 @@ __all__ = [
 
 def __getattr__(name: str):
     """``to_<format>`` of a registered format module not listed above."""
-    import sys
-
-    if name.startswith("to_"):
-        for fmt in REGISTRY:
-            module = sys.modules[fmt.write.__module__]
-            if hasattr(module, name):
-                return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    function = format_function(name) if name.startswith("to_") else None
+    if function is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return function

@@ -15,7 +15,7 @@ there has its ``read_<name>`` here too.
 from __future__ import annotations
 
 from .errors import ResultReadError
-from .formats import REGISTRY, is_result_file, read_result_file, read_results
+from .formats import format_function, is_result_file, read_result_file, read_results
 from .formats.geojson import read_geojson
 from .formats.ome_tiff import read_ome_tiff
 from .formats.ome_zarr import is_ours as is_result_zarr
@@ -35,11 +35,7 @@ __all__ = [
 
 def __getattr__(name: str):
     """``read_<format>`` of a registered format module not listed above."""
-    import sys
-
-    if name.startswith("read_"):
-        for fmt in REGISTRY:
-            module = sys.modules[fmt.write.__module__]
-            if hasattr(module, name):
-                return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    function = format_function(name) if name.startswith("read_") else None
+    if function is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return function

@@ -179,6 +179,19 @@ REGISTRY: tuple[Format, ...] = (
 FORMATS: tuple[str, ...] = tuple(f.name for f in REGISTRY)
 
 
+def format_function(name: str):
+    """A function of a registered format's module by name (``to_geojson``, ``read_ome_tiff``,
+    …), so the ``export`` and ``readback`` facades offer each new format's own functions
+    without a list to keep; None when no format module has it."""
+    import sys
+
+    for fmt in REGISTRY:
+        module = sys.modules[fmt.write.__module__]
+        if hasattr(module, name):
+            return getattr(module, name)
+    return None
+
+
 def get_format(name: str) -> Format:
     """The registry row called ``name``."""
     for fmt in REGISTRY:
