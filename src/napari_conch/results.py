@@ -134,8 +134,11 @@ class SegmentationResult(_Result):
         """This result with other labels — corrections painted in napari — and the areas
         measured from them; probabilities, tiles and provenance stay the model's.
 
-        A cell takes the class painted into it; cells nobody could see (under half tissue,
-        see the class docstring) keep the model's class while they stay unlabelled.
+        A cell takes the class painted into it. Cells nobody could see (under half tissue,
+        see the class docstring) keep the model's class, unless a neighbour of theirs was
+        repainted: then they follow their repainted neighbours (the class most of them now
+        have, or none when those were erased) — so a class painted away is gone, its rim
+        of half-tissue cells included.
         """
         labels = np.array(labels, copy=True)
         if labels.shape != self.labels.shape:
@@ -145,7 +148,8 @@ class SegmentationResult(_Result):
         if labels.dtype.kind not in "iub":
             raise ValueError(f"Labels must be integers; got {labels.dtype}.")
         metadata = {**self.metadata, "labels": "edited"}
-        fields = {**vars(self), "labels": labels, "metadata": metadata}
+        hidden = _follow_repainted(self.hidden_labels, self.labels, labels)
+        fields = {**vars(self), "labels": labels, "hidden_labels": hidden, "metadata": metadata}
         result = type(self)(**fields)
         result.areas_mm2 = result.measure(labels)
         return result
@@ -270,3 +274,52 @@ class Retrieval(_Result):
 
     def __getitem__(self, i):
         return self.hits[i]
+
+
+def _follow_repainted(hidden, before, after):
+    """Hidden cells (drawn unlabelled, measured) next to a repainted cell take the value most
+    of their repainted neighbours now have (0 when those were erased); hidden cells of a
+    class painted away entirely take their labelled neighbours' class (else none); others
+    keep theirs."""
+    if hidden is None:
+        return None
+    hidden, before, after = np.asarray(hidden), np.asarray(before), np.asarray(after)
+    changed = before != after
+    if not changed.any():
+        return hidden.copy()
+    from scipy.ndimage import convolve
+
+    kernel = np.ones((3, 3))
+    kernel[1, 1] = 0
+
+    def votes(cells, values):
+        return np.stack(
+            [
+                convolve((cells & (after == v)).astype(float), kernel, mode="constant")
+                for v in values
+            ]
+        )
+
+    out = hidden.copy()
+    candidates = (hidden > 0) & (after == 0)
+    follow = np.zeros_like(candidates)
+    for value in np.unique(hidden[candidates]):  # cells of a class follow that class's repaint
+        repainted = changed & (before == value)
+        if not repainted.any():
+            continue
+        values = np.unique(after[repainted])
+        near = votes(repainted, values)
+        mine = candidates & (hidden == value) & (near.sum(axis=0) > 0)
+        out[mine] = values[np.argmax(near, axis=0)][mine]
+        follow |= mine
+    gone = np.setdiff1d(np.unique(before[before > 0]), np.unique(after[after > 0]))
+    orphans = candidates & ~follow & np.isin(hidden, gone)
+    if orphans.any():
+        labelled = np.setdiff1d(np.unique(after[after > 0]), gone)
+        around = votes(after > 0, labelled) if len(labelled) else np.zeros((1, *after.shape))
+        has = around.sum(axis=0) > 0
+        out[orphans] = 0
+        pick = orphans & has
+        if len(labelled):
+            out[pick] = labelled[np.argmax(around, axis=0)][pick]
+    return out
