@@ -74,6 +74,26 @@ def cells_from_tiles(grid: TileGrid, tile_values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[:, :h, :w], np.float32)
 
 
+def tiles_from_cells(grid: TileGrid, cell_values: np.ndarray, weights=None) -> np.ndarray:
+    """The reverse of :func:`cells_from_tiles`: each tile's (weighted) mean of the cells it
+    covers. (Q, H, W) cell values (and (H, W) weights, e.g. each cell's tissue) → (N, Q);
+    0 where a tile covers no weight."""
+    values = np.asarray(cell_values, np.float64)
+    h, w = values.shape[-2:]
+    weights = np.ones((h, w)) if weights is None else np.asarray(weights, np.float64)
+    k = grid.tiles_per_cell_side
+    rows, cols = grid.shape
+    padded = np.zeros((values.shape[0] + 1, rows + k - 1, cols + k - 1))
+    hh, ww = min(h, padded.shape[1]), min(w, padded.shape[2])
+    padded[:-1, :hh, :ww] = values[:, :hh, :ww] * weights[:hh, :ww]
+    padded[-1, :hh, :ww] = weights[:hh, :ww]
+    sums = _box_sum(padded, k)  # (Q + 1, rows, cols): window at each tile's top-left cell
+    r, c = grid.indices[:, 0], grid.indices[:, 1]
+    total, weight = sums[:-1, r, c], sums[-1, r, c]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / weight, 0.0).T
+
+
 def decide(probabilities: np.ndarray, keep: Sequence[int], min_confidence=None) -> np.ndarray:
     """The one decision rule of every output: class probabilities (C_all, ...) → labels.
 

@@ -82,9 +82,15 @@ class Provenance:
     @classmethod
     def of_analysis(cls, analysis: str, model, emb=None, **details) -> Provenance:
         """A new result of ``analysis`` by ``model``, on ``emb``'s tiles when given."""
+        return cls.of_features(analysis, model_record(model), emb, **details)
+
+    @classmethod
+    def of_features(cls, analysis: str, model: dict, emb=None, **details) -> Provenance:
+        """A new result of ``analysis`` on features of the model ``model`` records (name,
+        weights hash, trained) — for analyses that need the features, not the model."""
         origin = (emb.metadata or {}) if emb is not None else {}
         return cls(
-            model=model_record(model),
+            model=dict(model),
             analysis=analysis,
             slide=origin.get("slide"),
             grid=emb.grid.to_dict() if emb is not None else None,

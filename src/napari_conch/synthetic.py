@@ -46,6 +46,21 @@ class SyntheticSlide:
     class_names: tuple[str, ...] = CLASS_NAMES
     regions_um: list[dict] = field(default_factory=list)
 
+    def truth_annotations(self):
+        """The planted truth as :class:`~napari_conch.Annotations` (one region per class,
+        exact on the truth's pixels), to score maps with :func:`~napari_conch.agreement`."""
+        from .annotations import Annotations, Region
+        from .geometry import label_polygons
+
+        regions = []
+        for value, name in enumerate(self.class_names, start=1):
+            polygon = label_polygons(self.labels, value, float(self.labels_downsample))
+            if polygon is not None:
+                regions.append(Region(name, polygon))
+        return Annotations(
+            regions, self.slide.mpp, (0.0, 0.0), tuple(self.slide.shape[:2]), "planted truth"
+        )
+
     def label_at_um(self, y_um: float, x_um: float) -> int:
         """Ground-truth class at a point given in µm."""
         d = self.labels_downsample * self.slide.mpp

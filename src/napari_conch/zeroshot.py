@@ -24,7 +24,14 @@ from .tissue import TissueMask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["classify_slide", "retrieve", "select_tiles", "similarity_map", "zero_shot_segment"]
+__all__ = [
+    "classify_slide",
+    "retrieve",
+    "select_tiles",
+    "similarity_map",
+    "tiles_to_use",
+    "zero_shot_segment",
+]
 
 # Names that lived here before the analyses' building blocks got modules of their own.
 __getattr__ = forward_names(
@@ -314,13 +321,15 @@ def select_tiles(emb: Embeddings, region=None) -> np.ndarray:
     )
 
 
-def _prepare(emb: Embeddings, model, region, slide, analysis: str):
-    """Tiles to use (bool (N,)), computing missing ones when a slide is given; and the
-    result's provenance."""
-    check_model(model)
+def tiles_to_use(emb: Embeddings, model, region=None, slide=None) -> tuple[np.ndarray, int]:
+    """The tiles an analysis of ``region`` uses (bool (N,)) and how many of the region's
+    tiles are missing from the cache: computed first when ``slide`` (and ``model``) are
+    given, else left out with a warning."""
     selected = select_tiles(emb, region)
     missing = np.flatnonzero(selected & ~emb.done)
     if len(missing) and slide is not None:
+        if model is None:
+            raise ValueError("Computing missing tiles (slide=) needs the model: pass it.")
         _compute_missing(emb, model, missing, slide)
         missing = np.flatnonzero(selected & ~emb.done)
     if len(missing):
@@ -330,7 +339,14 @@ def _prepare(emb: Embeddings, model, region, slide, analysis: str):
             len(missing),
             int(selected.sum()),
         )
-    used = selected & emb.done
+    return selected & emb.done, len(missing)
+
+
+def _prepare(emb: Embeddings, model, region, slide, analysis: str):
+    """Tiles to use (bool (N,)), computing missing ones when a slide is given; and the
+    result's provenance."""
+    check_model(model)
+    used, missing = tiles_to_use(emb, model, region, slide)
     _warn_if_untrained(model, analysis)
     provenance = Provenance.of_analysis(
         analysis,
@@ -338,7 +354,7 @@ def _prepare(emb: Embeddings, model, region, slide, analysis: str):
         emb,
         store=str(emb.store_path) if emb.store_path else None,
         tiles_used=int(used.sum()),
-        missing_tiles=len(missing),
+        missing_tiles=missing,
     )
     return used, provenance
 
