@@ -204,3 +204,28 @@ def write_sparse_pyramid(path, size=100_000, tile=512, real_box=None, coarsest_f
             tw.write(tiles(), **kwargs)
             truth[li] = (f, real)
     return truth
+
+
+def planted_squares(synth, names=None, per_region=2, size=0.22):
+    """QuPath-style annotations: small squares inside the planted regions (a few % of each),
+    in level-0 pixels, classified by ``names[class]``."""
+    names = names or {n: n for n in synth.class_names}
+    mpp = synth.slide.mpp
+    features = []
+    for region in synth.regions_um:
+        (cy, cx), (hy, hx) = region["centre_um"], region["half_size_um"]
+        offsets = (-0.3, 0.3) if per_region == 2 else (0.0,)
+        for dy in offsets:
+            y, x, h = (cy + dy * hy) / mpp, cx / mpp, size * min(hy, hx) / mpp
+            ring = [[x - h, y - h], [x + h, y - h], [x + h, y + h], [x - h, y + h], [x - h, y - h]]
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {
+                        "objectType": "annotation",
+                        "classification": {"name": names[region["class"]], "color": [200, 0, 0]},
+                    },
+                }
+            )
+    return {"type": "FeatureCollection", "features": features}

@@ -24,7 +24,18 @@ def test_console_script_help():
 
 @pytest.mark.parametrize(
     "command",
-    ["info", "demo", "view", "embed", "segment", "similarity", "classify", "retrieve", "evaluate"],
+    [
+        "info",
+        "demo",
+        "view",
+        "embed",
+        "segment",
+        "similarity",
+        "teach",
+        "classify",
+        "retrieve",
+        "evaluate",
+    ],
 )
 def test_every_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as info:

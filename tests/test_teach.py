@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 import pytest
+from slides import planted_squares
 
 import napari_conch as nc
 from napari_conch.annotations import Annotations, Region
@@ -27,31 +28,6 @@ def slide_and_emb():
     return synth, model, emb
 
 
-def _squares(synth, names=None, per_region=2, size=0.22):
-    """QuPath-style annotations: small squares inside the planted regions (a few % of each),
-    in level-0 pixels, classified by ``names[class]``."""
-    names = names or {n: n for n in synth.class_names}
-    mpp = synth.slide.mpp
-    features = []
-    for region in synth.regions_um:
-        (cy, cx), (hy, hx) = region["centre_um"], region["half_size_um"]
-        offsets = (-0.3, 0.3) if per_region == 2 else (0.0,)
-        for dy in offsets:
-            y, x, h = (cy + dy * hy) / mpp, cx / mpp, size * min(hy, hx) / mpp
-            ring = [[x - h, y - h], [x + h, y - h], [x + h, y + h], [x - h, y + h], [x - h, y - h]]
-            features.append(
-                {
-                    "type": "Feature",
-                    "geometry": {"type": "Polygon", "coordinates": [ring]},
-                    "properties": {
-                        "objectType": "annotation",
-                        "classification": {"name": names[region["class"]], "color": [200, 0, 0]},
-                    },
-                }
-            )
-    return {"type": "FeatureCollection", "features": features}
-
-
 def _truth(synth, names=None):
     truth = synth.truth_annotations()
     names = names or {n: n for n in synth.class_names}
@@ -64,7 +40,7 @@ def _truth(synth, names=None):
 def taught(slide_and_emb, tmp_path_factory):
     synth, _model, emb = slide_and_emb
     path = tmp_path_factory.mktemp("ann") / "qupath.geojson"
-    path.write_text(json.dumps(_squares(synth, UNREADABLE)), encoding="utf-8")
+    path.write_text(json.dumps(planted_squares(synth, UNREADABLE)), encoding="utf-8")
     annotations = nc.read_annotations(path)
     classifier = nc.fit_classifier(emb, annotations)
     return annotations, classifier, nc.few_shot_segment(emb, classifier)
@@ -107,7 +83,7 @@ def test_the_fit_is_deterministic_and_the_map_keeps_every_rule(slide_and_emb, ta
 def test_text_initialised_probe_starts_as_the_zero_shot_map(slide_and_emb):
     synth, model, emb = slide_and_emb
     prompts = list(synth.class_names)
-    annotations = nc.read_annotations(_squares(synth))
+    annotations = nc.read_annotations(planted_squares(synth))
     frozen = nc.fit_classifier(emb, annotations, model=model, prompts=prompts, regularization=1e9)
     assert frozen.method == "text-initialised linear probe"
     zero = nc.zero_shot_segment(emb, model, prompts)
@@ -118,7 +94,7 @@ def test_text_initialised_probe_starts_as_the_zero_shot_map(slide_and_emb):
 
 def test_one_annotated_class_and_text_for_the_rest(slide_and_emb):
     synth, model, emb = slide_and_emb
-    only_tumor = _squares(synth)
+    only_tumor = planted_squares(synth)
     only_tumor["features"] = [
         f for f in only_tumor["features"] if f["properties"]["classification"]["name"] == "tumor"
     ]
@@ -136,7 +112,7 @@ def test_one_annotated_class_and_text_for_the_rest(slide_and_emb):
 
 def test_classes_without_examples_need_text(slide_and_emb):
     synth, _model, emb = slide_and_emb
-    annotations = nc.read_annotations(_squares(synth))
+    annotations = nc.read_annotations(planted_squares(synth))
     speck = annotations.regions[0].polygon.centroid.buffer(2.0)  # smaller than any tile
     with_speck = Annotations([*annotations.regions, Region("mitosis", speck)])
     with pytest.raises(ValueError, match=r"No examples of .mitosis.*every class needs"):
@@ -147,7 +123,7 @@ def test_classes_without_examples_need_text(slide_and_emb):
 
 def test_a_background_class_follows_the_background_rule(slide_and_emb):
     synth, _model, emb = slide_and_emb
-    collection = _squares(synth)
+    collection = planted_squares(synth)
     # the same stroma squares, called background
     for feature in collection["features"]:
         if feature["properties"]["classification"]["name"] == "stroma":
@@ -213,7 +189,7 @@ def test_agreement_scores_inside_the_annotations_and_leaves_training_out(slide_a
     synth, model, emb = slide_and_emb
     annotations, _classifier, seg = taught
     zero = nc.zero_shot_segment(emb, model, list(synth.class_names))
-    readable = nc.read_annotations(_squares(synth))
+    readable = nc.read_annotations(planted_squares(synth))
     scores = nc.agreement(zero, readable)
     assert not scores["held_out"] and scores["excluded_mm2"] == 0
     for name in synth.class_names:
@@ -243,7 +219,7 @@ def test_cross_validation_holds_whole_regions_out(slide_and_emb, taught):
     with pytest.raises(ValueError, match="at least two annotated regions per class"):
         nc.cross_validate(emb, single)
     side_by_side = nc.compare_zero_and_few_shot(
-        emb, model, list(synth.class_names), _squares(synth)
+        emb, model, list(synth.class_names), planted_squares(synth)
     )
     assert set(side_by_side) == {"zero-shot", "few-shot"}
     assert side_by_side["few-shot"]["held_out"] and not side_by_side["zero-shot"]["held_out"]

@@ -7,6 +7,7 @@ Examples
     napari-conch view slide.svs --results results/
     napari-conch embed *.svs --scheduler tcp://scheduler:8786
     napari-conch segment slide.svs --classes tumor stroma necrosis -o results/
+    napari-conch teach slide.svs --annotations slide.geojson -o classifier/
     napari-conch similarity slide.svs --text "mitotic figure" -o results/
     napari-conch classify *.svs --prompts nsclc_prompts.json --top-k 10 -o calls.csv
     napari-conch retrieve *.svs --text "signet ring cells" -k 20
@@ -22,10 +23,10 @@ import argparse
 import logging
 import sys
 
-from . import calls, demo, embed, evaluate, info, maps, view
+from . import calls, demo, embed, evaluate, info, maps, teach, view
 
 # In the order ``--help`` lists them.
-COMMANDS = (info, demo, view, embed, maps, calls, evaluate)
+COMMANDS = (info, demo, view, embed, maps, teach, calls, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

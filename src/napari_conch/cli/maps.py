@@ -29,12 +29,13 @@ def register(sub) -> None:
             "--formats geojson csv",
             "napari-conch segment case.svs --classes tumor stroma --model conch,plip,quiltnet "
             "-o compare/   # one set of files per model + comparison.csv",
+            "napari-conch segment *.svs --classifier clf/classifier.npz -o out/   # few-shot",
         ],
     )
     segment.add_argument("slides", nargs="+")
     model_options(segment)
     slide_options(segment)
-    prompt_options(segment)
+    prompt_options(segment, classifier=True)
     segment.add_argument("--background", help="class (or phrase) whose cells become label 0")
     segment.add_argument("--min-confidence", type=float, help="cells below this probability → 0")
     segment.add_argument(
@@ -77,12 +78,22 @@ def _dense_tokens(path, model, args):
 def run_segment(args) -> int:
     check_formats(args.formats)
     check_dense(args)
-    names, prompts = prepare(args, slides=args.slides, folder=args.output, prompts=True)
+    taught = args.classifier is not None
+    if taught and args.dense:
+        raise ValueError("--classifier makes tile maps: leave out --dense.")
+    names, prompts = prepare(args, slides=args.slides, folder=args.output, prompts=not taught)
     from ..formats import export_all, file_stem
     from ..zeroshot import zero_shot_segment
 
+    classifier = _classifier(args) if taught else None
     models = load_models(args, names)
-    check_prompts(models, prompts, args.background)
+    if taught:
+        from ..teach import load_classifier
+
+        for model in models:  # refused before any tile is embedded
+            load_classifier(args.classifier, model=model)
+    else:
+        check_prompts(models, prompts, args.background)
     check_dense_models(args, models)
     formats = tuple(args.formats)
     rows = []
@@ -96,6 +107,16 @@ def run_segment(args) -> int:
                     model, prompts, args.background, args.min_confidence
                 )
                 emb, stem = None, f"{stem}.dense"
+            elif taught:
+                from ..teach import few_shot_segment
+
+                _, emb = embed_slide(path, model, args)
+                seg = few_shot_segment(
+                    emb,
+                    classifier,
+                    background=args.background,
+                    min_confidence=args.min_confidence,
+                )
             else:
                 _, emb = embed_slide(path, model, args)
                 seg = zero_shot_segment(
@@ -113,6 +134,18 @@ def run_segment(args) -> int:
     if len(models) > 1:
         print_comparison(rows, "area (mm²) per class", args.output / "comparison.csv")
     return 0
+
+
+def _classifier(args):
+    from ..teach import load_classifier
+
+    classifier = load_classifier(args.classifier)
+    if args.background is not None and args.background not in classifier.class_names:
+        raise ValueError(
+            f"--background {args.background!r} is not a class of the classifier "
+            f"({', '.join(classifier.class_names)})."
+        )
+    return classifier
 
 
 def run_similarity(args) -> int:

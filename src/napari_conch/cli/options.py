@@ -92,8 +92,16 @@ def dense_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def prompt_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def prompt_options(
+    parser: argparse.ArgumentParser, *, required: bool = True, classifier: bool = False
+) -> None:
     group = parser.add_argument_group("prompts")
     choice = group.add_mutually_exclusive_group(required=required)
     choice.add_argument("--prompts", type=Path, help="prompt JSON in CONCH's format")
     choice.add_argument("--classes", nargs="+", help="class names (our default templates)")
+    if classifier:
+        choice.add_argument(
+            "--classifier",
+            type=Path,
+            help="instead of text: a classifier 'napari-conch teach' made (few-shot maps)",
+        )
