@@ -26,6 +26,8 @@ from .errors import SlideReadError as SlideReadError
 from .errors import TokenizerNotFoundError as TokenizerNotFoundError
 from .errors import UnknownModelError as UnknownModelError
 from .errors import WeightsNotFoundError as WeightsNotFoundError
+from .lesson import Lesson as Lesson
+from .lesson import teach as teach
 from .models import ConchModel as ConchModel
 from .models import available_models as available_models
 from .models import load_model as load_model

@@ -504,7 +504,9 @@ def _from_labels(layer, classes, slide) -> Annotations:
             continue
         polygon = label_polygons(labels, int(value), cell, tuple(corner))
         color = _label_color(layer, int(value))
-        regions.append(Region(name, polygon, color))
+        # each painted blob is a region of its own (held-out folds hold out whole regions)
+        for part in getattr(polygon, "geoms", [polygon]):
+            regions.append(Region(name, part, color))
     if skipped.get("unnamed labels") and not regions:
         raise ValueError(
             f"Labels layer {layer.name!r} has labels but no class names for them: pass "

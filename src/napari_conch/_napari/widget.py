@@ -14,7 +14,7 @@ from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
 
 from . import guard_triton
-from .panels import CallPanel, ExplorePanel, ModelPanel, SegmentPanel, SlidePanel
+from .panels import CallPanel, ExplorePanel, ModelPanel, SegmentPanel, SlidePanel, TeachPanel
 from .panels.model import HIDDEN_MODELS
 from .runner import Runner
 from .session import Session
@@ -56,6 +56,7 @@ class ConchWidget(QWidget):
             napari_viewer, self.session, self.runner, self.segment, self.slide
         )
         self.call = CallPanel(napari_viewer, self.session, self.runner, self.segment)
+        self.teach = TeachPanel(napari_viewer, self.session, self.runner, self.segment)
         self.settings.bind(self.model, self.slide, self.segment)
 
         self.tabs = QTabWidget()
@@ -65,6 +66,7 @@ class ConchWidget(QWidget):
             (self.segment, "Segment"),
             (self.explore, "Explore"),
             (self.call, "Slide call"),
+            (self.teach, "Teach"),
         ):
             self.tabs.addTab(panel.native, title)
         layout = QVBoxLayout(self)
@@ -110,6 +112,7 @@ class ConchWidget(QWidget):
 
     def _slide_changed(self) -> None:
         self.segment.slide_changed()
+        self.teach.slide_changed()
 
     @property
     def last_segmentation(self):
@@ -130,13 +133,14 @@ class ConchWidget(QWidget):
     def __getattr__(self, name: str):
         # Controls and actions live on their panels; scripts reach them by name here.
         if not name.startswith("_") and name not in _NOT_FORWARDED:
-            for panel in ("model", "slide", "segment", "explore", "call"):
+            for panel in ("model", "slide", "segment", "explore", "call", "teach"):
                 holder = self.__dict__.get(panel)
                 if holder is not None and hasattr(holder, name):
                     return getattr(holder, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def closeEvent(self, event) -> None:
+        self.teach.slide_changed()  # no refit after the widget is gone
         self.segment.cancel()
         self.runner.quit()
         super().closeEvent(event)

@@ -10,5 +10,6 @@ from .explore import ExplorePanel
 from .model import ModelPanel
 from .segment import SegmentPanel
 from .slide import SlidePanel
+from .teach import TeachPanel
 
-__all__ = ["CallPanel", "ExplorePanel", "ModelPanel", "SegmentPanel", "SlidePanel"]
+__all__ = ["CallPanel", "ExplorePanel", "ModelPanel", "SegmentPanel", "SlidePanel", "TeachPanel"]
