@@ -14,7 +14,7 @@ from slides import planted_squares
 
 import napari_conch as nc
 from napari_conch.annotations import Annotations, Region
-from napari_conch.teach import tile_examples
+from napari_conch.classifier import tile_examples
 
 UNREADABLE = {"tumor": "class A", "stroma": "class B", "necrosis": "class C"}
 
@@ -284,3 +284,17 @@ def test_painting_a_class_away_sets_its_area_to_zero_in_every_export(slide_and_e
         back = read_result_file(written[kind])[0]
         assert back.areas_mm2.get("necrosis", 0.0) == 0, kind
         assert back.areas_mm2["tumor"] == pytest.approx(fixed.areas_mm2["tumor"]), kind
+
+
+def test_one_round_of_teaching_fits_maps_and_scores(slide_and_emb):
+    synth, model, emb = slide_and_emb
+    lesson = nc.teach(emb, planted_squares(synth), model=model, prompts=list(synth.class_names))
+    assert lesson.classifier.method == "text-initialised linear probe"
+    assert lesson.segmentation.metadata["analysis"] == "few_shot_segment"
+    assert (lesson.examples >= 0).sum() == sum(
+        lesson.classifier.details["annotations"]["examples"].values()
+    )
+    assert lesson.held_out["held_out"] and lesson.held_out["mean_dice"] > 0.95
+    one = nc.read_annotations(planted_squares(synth, per_region=1))
+    alone = nc.teach(emb, one, held_out=True)
+    assert alone.held_out is None and "at least two annotated regions" in alone.why_not_held_out

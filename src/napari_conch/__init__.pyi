@@ -9,6 +9,9 @@ from .agreement import compare_zero_and_few_shot as compare_zero_and_few_shot
 from .agreement import cross_validate as cross_validate
 from .annotations import Annotations as Annotations
 from .annotations import read_annotations as read_annotations
+from .classifier import TileClassifier as TileClassifier
+from .classifier import fit_classifier as fit_classifier
+from .classifier import load_classifier as load_classifier
 from .dense import DenseTokens as DenseTokens
 from .dense import dense_segment as dense_segment
 from .dense import dense_similarity as dense_similarity
@@ -26,6 +29,7 @@ from .errors import SlideReadError as SlideReadError
 from .errors import TokenizerNotFoundError as TokenizerNotFoundError
 from .errors import UnknownModelError as UnknownModelError
 from .errors import WeightsNotFoundError as WeightsNotFoundError
+from .fewshot import few_shot_segment as few_shot_segment
 from .lesson import Lesson as Lesson
 from .lesson import teach as teach
 from .models import ConchModel as ConchModel
@@ -44,10 +48,6 @@ from .results import SlideCall as SlideCall
 from .slide import Slide as Slide
 from .slide import open_slide as open_slide
 from .synthetic import synthetic_slide as synthetic_slide
-from .teach import TileClassifier as TileClassifier
-from .teach import few_shot_segment as few_shot_segment
-from .teach import fit_classifier as fit_classifier
-from .teach import load_classifier as load_classifier
 from .tiling import TileGrid as TileGrid
 from .tiling import tile_grid as tile_grid
 from .tissue import TissueMask as TissueMask

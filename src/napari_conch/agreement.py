@@ -77,7 +77,8 @@ def cross_validate(
     a classifier is taught on the rest and scored on them, never on a cell a tile
     overlapping a training region covers. Counts are pooled over the folds; the report is
     :func:`agreement`'s with ``"folds"`` added."""
-    from .teach import few_shot_segment, fit_classifier
+    from .classifier import fit_classifier
+    from .fewshot import few_shot_segment
 
     if not isinstance(annotations, Annotations):
         annotations = read_annotations(annotations, slide=slide)

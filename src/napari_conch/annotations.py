@@ -180,8 +180,6 @@ class Annotations:
         names = self.class_names if names is None else list(names)
         h, w = (int(v) for v in shape)
         steps = (np.arange(_SAMPLES) + 0.5) / _SAMPLES
-        ys = origin_px[0] + (np.arange(h)[:, None] + steps[None, :]).ravel() * cell_px
-        xs = origin_px[1] + (np.arange(w)[:, None] + steps[None, :]).ravel() * cell_px
         out = np.zeros((len(names) + 1, h, w), np.float32)
         for region in self.regions:
             index = len(names) if region.ignored else _index(names, region.name)
@@ -190,16 +188,18 @@ class Annotations:
             polygon = region.polygon
             prepare(polygon)
             x0, y0, x1, y1 = polygon.bounds
-            rows = np.flatnonzero((ys >= y0) & (ys <= y1))
-            cols = np.flatnonzero((xs >= x0) & (xs <= x1))
-            if not len(rows) or not len(cols):
+            # only the cells under the region's bounding box
+            r0, r1 = _cell_span(y0, y1, origin_px[0], cell_px, h)
+            c0, c1 = _cell_span(x0, x1, origin_px[1], cell_px, w)
+            if r0 >= r1 or c0 >= c1:
                 continue
-            yy, xx = np.meshgrid(ys[rows], xs[cols], indexing="ij")
+            ys = origin_px[0] + (np.arange(r0, r1)[:, None] + steps).ravel() * cell_px
+            xs = origin_px[1] + (np.arange(c0, c1)[:, None] + steps).ravel() * cell_px
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
             inside = contains_xy(polygon, xx, yy)
-            hit = np.zeros((h * _SAMPLES, w * _SAMPLES), bool)
-            hit[np.ix_(rows, cols)] = inside
-            counts = hit.reshape(h, _SAMPLES, w, _SAMPLES).sum(axis=(1, 3))
-            out[index] = np.maximum(out[index], counts / _SAMPLES**2)
+            counts = inside.reshape(r1 - r0, _SAMPLES, c1 - c0, _SAMPLES).sum(axis=(1, 3))
+            block = out[index, r0:r1, c0:c1]
+            np.maximum(block, counts / _SAMPLES**2, out=block)
         return out[:-1], out[-1]
 
     def _mpp_for(self, what: str) -> float:
@@ -574,6 +574,13 @@ def _vertices(polygon) -> np.ndarray:
     from shapely import get_coordinates
 
     return get_coordinates(polygon).astype(np.float64)
+
+
+def _cell_span(low: float, high: float, origin: float, cell: float, n: int) -> tuple[int, int]:
+    """The cells [start, stop) of a row (or column) of ``n`` that [low, high] touches."""
+    start = int(np.floor((low - origin) / cell))
+    stop = int(np.ceil((high - origin) / cell))
+    return max(0, start), min(n, stop)
 
 
 def _index(names: list, name: str) -> int | None:

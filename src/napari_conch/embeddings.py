@@ -37,6 +37,7 @@ class Embeddings:
         self.cancelled = False
         # (weights hash, normalize, projected array, model, tiles done) of the latest projection
         self._projected: tuple | None = None
+        self._derived: tuple | None = None  # (key, tiles done, array): see derived()
 
     @classmethod
     def open(cls, path, model=None) -> Embeddings:
@@ -59,7 +60,7 @@ class Embeddings:
             return self
         fresh = Embeddings.open(self.store_path, model=self.model)
         self.features, self.done = fresh.features, fresh.done
-        self._projected = None
+        self._projected = self._derived = None
         return self
 
     def update(self, positions, features) -> None:
@@ -68,6 +69,7 @@ class Embeddings:
         features = np.asarray(features, np.float32)
         self.features[positions] = features
         self.done[positions] = True
+        self._derived = None
         if self._projected is not None:  # project just the new rows (live displays)
             digest, normalize, out, model, _ = self._projected
             out[positions] = np.asarray(model.project(features, normalize=normalize), np.float32)
@@ -134,6 +136,17 @@ class Embeddings:
             out = np.full((len(self), width), np.nan, np.float32)
         self._projected = (actual, bool(normalize), out, model, self.n_done)  # latest only: large
         return out
+
+    def derived(self, key: str, compute):
+        """``compute(features)`` of every tile, kept until the features change — for values
+        derived from all tiles that several calls reuse (a few-shot classifier's view of
+        them); only the latest ``key`` is kept (they are large)."""
+        cached = self._derived
+        if cached is not None and cached[0] == key and cached[1] == self.n_done:
+            return cached[2]
+        value = compute(self.features)
+        self._derived = (key, self.n_done, value)
+        return value
 
     def __repr__(self) -> str:
         where = f", store={str(self.store_path)!r}" if self.store_path else ""

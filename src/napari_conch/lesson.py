@@ -10,7 +10,8 @@ import numpy as np
 
 from .agreement import cross_validate
 from .annotations import Annotations, read_annotations
-from .teach import TileClassifier, few_shot_segment, fit_classifier, tile_examples
+from .classifier import TileClassifier, fit_classifier, tile_examples
+from .fewshot import few_shot_segment
 
 __all__ = ["Lesson", "teach"]
 

@@ -88,7 +88,7 @@ def run_segment(args) -> int:
     classifier = _classifier(args) if taught else None
     models = load_models(args, names)
     if taught:
-        from ..teach import load_classifier
+        from ..classifier import load_classifier
 
         for model in models:  # refused before any tile is embedded
             load_classifier(args.classifier, model=model)
@@ -108,7 +108,7 @@ def run_segment(args) -> int:
                 )
                 emb, stem = None, f"{stem}.dense"
             elif taught:
-                from ..teach import few_shot_segment
+                from ..fewshot import few_shot_segment
 
                 _, emb = embed_slide(path, model, args)
                 seg = few_shot_segment(
@@ -137,7 +137,7 @@ def run_segment(args) -> int:
 
 
 def _classifier(args):
-    from ..teach import load_classifier
+    from ..classifier import load_classifier
 
     classifier = load_classifier(args.classifier)
     if args.background is not None and args.background not in classifier.class_names:

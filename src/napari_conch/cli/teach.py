@@ -55,9 +55,9 @@ def run(args) -> int:
     text = args.prompts is not None or args.classes is not None
     prompts = prompt_set(args) if text else None
     from ..agreement import cross_validate
+    from ..classifier import fit_classifier
     from ..formats.files import write_text
     from ..models.registry import check_text_side, model_entry
-    from ..teach import fit_classifier
     from .steps import load_one
 
     name = single_model(args)

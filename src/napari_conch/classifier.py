@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import maps, results
+from . import maps
 from .annotations import Annotations, read_annotations
 from .deprecation import keyword_only_since
 from .embeddings import Embeddings
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CLASSIFIER_SUFFIX",
     "TileClassifier",
-    "few_shot_segment",
     "fit_classifier",
     "load_classifier",
     "tile_examples",
@@ -54,6 +53,8 @@ FORMAT_VERSION = 1
 DEFAULT_REGULARIZATION = {"text": 1e-2, "plain": 1e-4}
 # A plain probe's fixed temperature on unit vectors (its weights set the scale).
 _PLAIN_SCALE = 10.0
+# (weights hash, width) → the model's projection as (matrix, bias), worked out once
+_PROJECTIONS: dict = {}
 
 
 @dataclass
@@ -145,6 +146,33 @@ class TileClassifier:
         if finite.any():
             out[finite] = _softmax(self.logits(x[finite])).astype(np.float32)
         return out
+
+    def tile_probabilities(self, emb: Embeddings) -> np.ndarray:
+        """Class probabilities of every tile of ``emb`` (N, C); NaN for tiles not embedded.
+        The tiles' view in the classifier's space is kept with ``emb``, so refitting on the
+        same slide (each new annotation) only pays a (N, E) × (E, C) product."""
+        key = "tile space " + _space_key(self.projection, self.projection_bias)
+        space = emb.derived(key, lambda features: self._space(features, emb.done))
+        # all rows at once (no (N, E) copy): rows not embedded are zeros, then NaN
+        cosine = space @ np.asarray(self.weights, np.float32).T
+        out = _softmax(self.scale * cosine.astype(np.float64) + self.bias).astype(np.float32)
+        out[~emb.done] = np.nan
+        return out
+
+    def _space(self, features, done) -> np.ndarray:
+        """Unit vectors (float32) of the embedded tiles in this classifier's space."""
+        x = np.zeros((len(features), self.weights.shape[1]), np.float32)
+        rows = np.flatnonzero(done)
+        for start in range(0, len(rows), 65536):  # bounded temporary memory
+            part = rows[start : start + 65536]
+            y = np.asarray(features[part], np.float32)
+            if self.projection is not None:
+                y = y @ self.projection
+                if self.projection_bias is not None:
+                    y = y + self.projection_bias
+            norm = np.linalg.norm(y, axis=1, keepdims=True)
+            x[part] = np.divide(y, norm, out=np.zeros_like(y), where=norm > 0)
+        return x
 
     # -- files --------------------------------------------------------------------------
 
@@ -393,13 +421,19 @@ def fit_classifier(
 def _joint_space(model, emb: Embeddings):
     """The model's projection as a matrix (D, E) and bias (E,), checked to be linear on these
     features — so the classifier can apply it without the model."""
-    from .protocol import check_model
+    from .protocol import check_model, weights_hash
 
     check_model(model)
     d = emb.features.shape[1]
-    eye = np.eye(d, dtype=np.float32)
-    zero = np.asarray(model.project(np.zeros((1, d), np.float32), normalize=False), np.float64)[0]
-    matrix = np.asarray(model.project(eye, normalize=False), np.float64) - zero
+    key = (weights_hash(model), d)
+    if key not in _PROJECTIONS:  # the identity through the projection: its matrix
+        eye = np.eye(d, dtype=np.float32)
+        zero = np.asarray(model.project(np.zeros((1, d), np.float32), normalize=False))[0]
+        matrix = np.asarray(model.project(eye, normalize=False), np.float64) - zero
+        while len(_PROJECTIONS) >= 4:  # a few models at most: 1 MB each
+            _PROJECTIONS.pop(next(iter(_PROJECTIONS)))
+        _PROJECTIONS[key] = (matrix, np.asarray(zero, np.float64))
+    matrix, zero = _PROJECTIONS[key]
     rows = np.flatnonzero(emb.done)[:16]
     sample = np.asarray(emb.features[rows], np.float32)
     if len(sample):
@@ -485,84 +519,13 @@ def _prompt_json(prompts):
     return as_prompt_set(prompts).to_json()
 
 
-# -- maps --------------------------------------------------------------------------------------
-
-
-@keyword_only_since("background", "min_confidence")
-def few_shot_segment(
-    emb: Embeddings,
-    classifier: TileClassifier,
-    *,
-    background: str | None = None,
-    min_confidence: float | None = None,
-    region=None,
-    slide=None,
-    colors: dict | None = None,
-) -> results.SegmentationResult:
-    """Label every grid cell with a taught classifier's class — every rule of
-    :func:`~napari_conch.zero_shot_segment` (tissue, edge, background, overlap averaging,
-    areas), and provenance that says it is few-shot and what taught it.
-
-    Parameters
-    ----------
-    emb : Embeddings
-        Any slide embedded by the model the classifier was taught on.
-    classifier : TileClassifier or path
-    background : str, optional
-        A class of the classifier to treat as background (label 0).
-    min_confidence, region, slide, colors : as for :func:`~napari_conch.zero_shot_segment`
-        (``slide`` computes tiles of the region missing from the cache — it then needs the
-        model, so pass an ``Embeddings`` that has it).
-    """
-    from .prompts import PromptSet
-    from .zeroshot import tiles_to_use
-
-    if not isinstance(classifier, TileClassifier):
-        classifier = load_classifier(classifier)
-    classifier.check_features(emb)
-    names = list(classifier.class_names)
-    background_index = None
-    if background is not None:
-        if background not in names:
-            raise ValueError(
-                f"background={background!r} is not a class of this classifier ({', '.join(names)})."
-            )
-        background_index = names.index(background)
-    if min_confidence is not None and not 0 <= float(min_confidence) <= 1:
-        raise ValueError(f"min_confidence must be in [0, 1]; got {min_confidence!r}.")
-    used, missing = tiles_to_use(emb, emb.model, region, slide)
-    tile_probs = classifier.predict_proba(emb.features)
-    tile_probs[~used] = np.nan
-    grid = emb.grid
-    provenance = Provenance.of_features(
-        "few_shot_segment",
-        classifier.model,
-        emb,
-        store=str(emb.store_path) if emb.store_path else None,
-        tiles_used=int(used.sum()),
-        missing_tiles=int(missing),
-        classifier=classifier.record(),
-    )
-    if not classifier.model.get("trained", True):
-        logger.warning(
-            "few_shot_segment on features of an UNTRAINED model: the map is a pipeline check."
-        )
-    prompt_set = PromptSet({n: [n] for n in names})
-    result = maps.segmentation_result(
-        maps.cells_from_tiles(grid, tile_probs),
-        tile_probs,
-        prompt_set,
-        background_index,
-        min_confidence,
-        shown=grid.cell_is_tissue,
-        tissue_mm2=grid.cell_tissue_fraction * grid.cell_area_mm2,
-        scale_um=grid.cell_scale_um,
-        translate_um=grid.cell_translate_um,
-        colors=colors,
-        metadata=provenance.to_metadata(),
-    )
-    result.metadata["prompts"] = classifier.details.get("prompts")
-    return result
+def _space_key(projection, bias) -> str:
+    if projection is None:
+        return "features"
+    digest = hashlib.sha256(np.ascontiguousarray(projection, np.float32).tobytes())
+    if bias is not None:
+        digest.update(np.ascontiguousarray(bias, np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def _unit(x) -> np.ndarray:
