@@ -298,3 +298,23 @@ def test_one_round_of_teaching_fits_maps_and_scores(slide_and_emb):
     one = nc.read_annotations(planted_squares(synth, per_region=1))
     alone = nc.teach(emb, one, held_out=True)
     assert alone.held_out is None and "at least two annotated regions" in alone.why_not_held_out
+
+
+def test_a_joint_space_classifier_maps_tokens_too(slide_and_emb):
+    synth, model, emb = slide_and_emb
+    prompts = list(synth.class_names)
+    region = next(r for r in synth.regions_um if r["class"] == "necrosis")
+    (cy, cx), (hy, hx) = region["centre_um"], region["half_size_um"]
+    box_um = (cy - 1.5 * hy, cx - 1.5 * hx, cy + 1.5 * hy, cx + 1.5 * hx)
+    tokens = nc.dense_tokens(synth.slide, model, box_um, tile_um=64)
+    frozen = nc.fit_classifier(
+        emb, nc.read_annotations(planted_squares(synth)), model=model, prompts=prompts,
+        regularization=1e9,
+    )  # fmt: skip
+    few = tokens.few_shot_segment(frozen)
+    zero = tokens.segment(model, prompts)
+    np.testing.assert_array_equal(few.labels, zero.labels)  # text start = zero-shot, as tiles
+    assert few.metadata["analysis"] == "dense_few_shot_segment"
+    plain = nc.fit_classifier(emb, nc.read_annotations(planted_squares(synth)))
+    with pytest.raises(ValueError, match="Teach it with model="):
+        tokens.few_shot_segment(plain)

@@ -114,6 +114,62 @@ class DenseTokens:
             metadata=self._result_metadata(model, "dense_segment"),
         )
 
+    def few_shot_segment(
+        self, classifier, background=None, min_confidence=None, colors=None
+    ) -> SegmentationResult:
+        """Label every token cell with a taught classifier (see
+        :func:`~napari_conch.few_shot_segment`): only a classifier of the joint space — one
+        taught with ``model=`` — reads tokens, which live there too."""
+        from .classifier import load_classifier
+
+        if not hasattr(classifier, "class_names"):
+            classifier = load_classifier(classifier)
+        if classifier.projection is None:
+            raise ValueError(
+                "This classifier reads the model's pre-projection features; token embeddings "
+                "are in the joint space. Teach it with model= to use it on dense maps."
+            )
+        made_by = (self.metadata.get("model") or {}).get("weights_hash")
+        ours = classifier.model.get("weights_hash")
+        if made_by and ours and made_by != ours:
+            raise ValueError(
+                f"This classifier was taught on {classifier.model.get('name')} features, not on "
+                "the model that made these tokens."
+            )
+        names = list(classifier.class_names)
+        if background is not None and background not in names:
+            raise ValueError(f"background={background!r} is not a class of this classifier.")
+        flat = self.embeddings.reshape(-1, self.embeddings.shape[-1]).astype(np.float32)
+        cosine = flat @ np.asarray(classifier.weights, np.float32).T
+        logits = classifier.scale * cosine.astype(np.float64) + classifier.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+        shown = self.shown
+        probs[~shown.ravel()] = np.nan
+        metadata = Provenance.from_metadata(self.metadata)
+        metadata = replace(
+            metadata,
+            model=dict(classifier.model),
+            analysis="dense_few_shot_segment",
+            details={**metadata.details, "classifier": classifier.record()},
+        ).to_metadata()
+        result = segmentation_result(
+            probs.T.reshape(len(names), *shown.shape),
+            probs,
+            names,
+            None if background is None else names.index(background),
+            min_confidence,
+            shown=shown,
+            tissue_mm2=self.lattice.cell_tissue_fraction * self.lattice.cell_area_mm2,
+            scale_um=self.lattice.cell_scale_um,
+            translate_um=self.lattice.cell_translate_um,
+            colors=colors,
+            metadata=metadata,
+        )
+        result.metadata["prompts"] = classifier.details.get("prompts")
+        return result
+
     def _result_metadata(self, model, analysis: str, **extra) -> dict:
         tokens = Provenance.from_metadata(self.metadata)  # the region's slide and lattice
         made = replace(

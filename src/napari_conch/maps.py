@@ -138,7 +138,7 @@ def segmentation_result(
     of the cells it wins (``tissue_mm2``), cells under half tissue too (drawn unlabelled,
     but their tissue is measured); ``shown`` cells carry labels and probabilities.
     """
-    names = prompt_set.names
+    names = list(getattr(prompt_set, "names", prompt_set))  # a PromptSet, or class names
     keep = [i for i in range(len(names)) if i != background_index]
     decided = decide(cell_probs, keep, min_confidence)
     cell_probs = cell_probs.copy()
@@ -154,7 +154,7 @@ def segmentation_result(
     class_names = [names[i] for i in keep]
     metadata = {
         **metadata,
-        "prompts": prompt_set.to_json(),
+        "prompts": prompt_set.to_json() if hasattr(prompt_set, "to_json") else None,
         "background": None if background_index is None else names[background_index],
         "min_confidence": min_confidence,
     }
