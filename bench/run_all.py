@@ -307,15 +307,19 @@ def _teach_section(th: dict) -> list[str]:
         "",
         "Held-out mean Dice on synthetic slides with planted truth (cells within one tile of a "
         "training region never scored), few-shot taught on k small squares per class under "
-        "names the model cannot read, beside the zero-shot map on the same cells:",
+        "names the model cannot read, beside the zero-shot map on the same cells (squares "
+        "must fit inside the planted regions: for CONCH's larger tiles fewer fit in the "
+        "necrosis disc than asked, as the table says):",
         "",
-        "| model | regions per class | annotated | few-shot Dice | zero-shot Dice |",
+        "| model | regions per class asked (fewest that fit) | annotated | few-shot Dice | "
+        "zero-shot Dice |",
         "|---|---|---|---|---|",
     ]
     for label, v in th["value"].items():
         for k, row in v["by_regions"].items():
             lines.append(
-                f"| {label} | {k} | {row['annotated_percent']:.2f} % | "
+                f"| {label} | {k} ({row.get('fewest_regions_placed', k)}) | "
+                f"{row['annotated_percent']:.2f} % | "
                 f"{row['few_shot_dice']:.3f} | {row['zero_shot_dice']:.3f} |"
             )
     lines += [

@@ -95,7 +95,9 @@ def cost(args) -> dict:
     }
 
 
-def _squares_in(truth: Annotations, name: str, k: int, side_px: float, rng) -> list[Region]:
+def _squares_in(
+    truth: Annotations, name: str, k: int, side_px: float, rng, gap: float
+) -> list[Region]:
     """``k`` non-overlapping squares of ``side_px`` inside the planted regions of ``name``."""
     from shapely import box
     from shapely.ops import unary_union
@@ -110,7 +112,7 @@ def _squares_in(truth: Annotations, name: str, k: int, side_px: float, rng) -> l
             break
         x, y = rng.uniform(x0, x1 - side_px), rng.uniform(y0, y1 - side_px)
         square = box(x, y, x + side_px, y + side_px)
-        if area.contains(square) and not any(square.intersects(c.buffer(side_px)) for c in chosen):
+        if area.contains(square) and not any(square.intersects(c.buffer(gap)) for c in chosen):
             chosen.append(square)
     return [Region(name, s) for s in chosen]
 
@@ -132,9 +134,16 @@ def value(args) -> dict:
             truth = synth.truth_annotations()
             zero = nc.zero_shot_segment(emb, model, CLASSES)
             for k in args.regions:
+                # wide enough to hold half of a tile wherever it falls on the grid
+                side = max(1.2 * grid.tile_px, grid.tile_px + grid.stride_px)
                 regions = []
                 for cls in CLASSES:
-                    regions += _squares_in(truth, cls, k, 1.2 * grid.tile_px, rng)
+                    regions += _squares_in(truth, cls, k, side, rng, gap=grid.stride_px)
+                placed = {c: sum(r.name == c for r in regions) for c in CLASSES}
+                if min(placed.values()) < k:
+                    print(f"  {label}, slide {seed}: only {placed} squares fit for k = {k}")
+                if min(placed.values()) == 0:
+                    continue
                 taught = Annotations(regions, synth.slide.mpp)
                 few = nc.few_shot_segment(emb, nc.fit_classifier(emb, taught))
                 few_scores = nc.agreement(few, truth)  # training surroundings left out
@@ -148,6 +157,7 @@ def value(args) -> dict:
                         "regions_per_class": k,
                         "few_shot_dice": few_scores["mean_dice"],
                         "zero_shot_dice": zero_scores["mean_dice"],
+                        "fewest_regions_placed": min(placed.values()),
                         "annotated_fraction": sum(r.polygon.area for r in regions)
                         / float(args.slide_px) ** 2,
                     }
@@ -155,9 +165,12 @@ def value(args) -> dict:
         summary = {}
         for k in args.regions:
             chosen = [r for r in rows if r["regions_per_class"] == k]
+            if not chosen:
+                continue
             summary[str(k)] = {
                 "few_shot_dice": round(float(np.mean([r["few_shot_dice"] for r in chosen])), 3),
                 "zero_shot_dice": round(float(np.mean([r["zero_shot_dice"] for r in chosen])), 3),
+                "fewest_regions_placed": min(r["fewest_regions_placed"] for r in chosen),
                 "annotated_percent": round(
                     100 * float(np.mean([r["annotated_fraction"] for r in chosen])), 2
                 ),
@@ -188,7 +201,8 @@ def main(argv=None) -> dict:
         print(f"{label} ({v['model']}): held-out mean Dice, few-shot vs zero-shot")
         for k, s in v["by_regions"].items():
             print(
-                f"  {k} region(s)/class ({s['annotated_percent']:.2f} % of the slide): "
+                f"  {k} region(s)/class (fewest placed {s['fewest_regions_placed']}, "
+                f"{s['annotated_percent']:.2f} % of the slide): "
                 f"{s['few_shot_dice']:.3f} vs {s['zero_shot_dice']:.3f}"
             )
     save_result(result, args.output)

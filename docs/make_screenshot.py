@@ -104,9 +104,50 @@ def main() -> None:
     widget.run_slide_call()
     settle(widget)
     grab(widget, "call")
+
+    # 6. Teach: two strokes per region under names the model cannot read, the map learns
+    show(widget, "Teach")
+    widget.teach.use_text.value = False  # as if the model could not read the class names
+    widget.teach.live.value = False
+    layer = widget.new_annotation_layer()
+    paint_strokes(widget, layer)
+    widget.teach.teach()
+    settle(widget, until=lambda: widget.teach.lesson is not None)
+    viewer.reset_view()
+    viewer.layers.selection.active = layer
+    for name in ("colour-toy labels", "colour-toy similarity", "colour-toy evidence"):
+        if name in viewer.layers:
+            viewer.layers[name].visible = False
+    settle(widget, frames=100)
+    grab(widget, "teach")
+    viewer.screenshot(str(IMAGES / "teach.png"), canvas_only=False)
+    print(f"wrote {IMAGES / 'teach.png'}")
     viewer.close()
     nc  # noqa: B018 (imported for its side effects: the reader and sample are registered)
     (IMAGES / ".screenshot-settings.ini").unlink(missing_ok=True)
+
+
+def paint_strokes(widget, layer) -> None:
+    """Two small squares of annotation in each planted region, in its class's label."""
+    import numpy as np
+
+    import napari_conch as nc
+
+    grid = widget.session.grid
+    names = widget.teach.class_names()
+    data = np.asarray(layer.data).copy()
+    synth = nc.synthetic_slide()
+    for region in synth.regions_um:
+        (cy, cx), (_hy, hx) = region["centre_um"], region["half_size_um"]
+        for dx in (-0.6, -0.2, 0.5):  # two or three strokes per region
+            if synth.class_names[synth.label_at_um(cy, cx + dx * hx) - 1] != region["class"]:
+                continue  # regions overlap: the stroke would mislabel another class
+            r, c = (
+                int((v - t) / grid.cell_scale_um[0] + 0.5)
+                for v, t in zip((cy, cx + dx * hx), grid.cell_translate_um, strict=True)
+            )
+            data[r - 1 : r + 2, c - 1 : c + 2] = names.index(region["class"]) + 1
+    layer.data = data
 
 
 def show(widget, title: str) -> None:

@@ -47,6 +47,8 @@ def _paint_squares(widget, layer):
         (cy, cx), (_hy, hx) = region["centre_um"], region["half_size_um"]
         half = 1 if hx > 200 else 0  # 3 × 3 cells where the region is wide, else one cell
         for dx in (-0.55, 0.55):  # two separate strokes per region
+            if synth.class_names[synth.label_at_um(cy, cx + dx * hx) - 1] != region["class"]:
+                continue  # regions overlap: the stroke would mislabel another class
             r, c = (
                 int((v - t) / grid.cell_scale_um[0] + 0.5)
                 for v, t in zip((cy, cx + dx * hx), grid.cell_translate_um, strict=True)

@@ -17,7 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Label, PushButton
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
-from ..layers import layer_prefix, result_layer, show_segmentation, upsert
+from ..layers import MICROMETRE, layer_prefix, result_layer, show_segmentation, upsert
 from ._forms import form, page, refresh_before_opening, rich, row
 
 logger = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class TeachPanel:
             features={"class": ["none", *names]},
             metadata={"napari_conch": self._placement(names)},
             opacity=0.7,
+            units=(MICROMETRE, MICROMETRE),
         )
         layer.mode = "paint"
         layer.selected_label = 1
@@ -192,6 +193,7 @@ class TeachPanel:
             face_color=[(*c[:3], 0.35) for c in colors],
             edge_color=[c for c in colors],
             metadata={"napari_conch": {**placement, "annotations": annotations}},
+            units=(MICROMETRE, MICROMETRE),
         )
         self._choose(layer)
         self.runner.say(
@@ -344,6 +346,7 @@ class TeachPanel:
                 face_color=faces,
                 border_color="white",
                 visible=bool(used.any()),
+                units=(MICROMETRE, MICROMETRE),
             )
 
     def save_classifier(self, path=None):
