@@ -45,7 +45,7 @@ def _paint_squares(widget, layer):
     data = np.asarray(layer.data).copy()
     for region in synth.regions_um:
         (cy, cx), (_hy, hx) = region["centre_um"], region["half_size_um"]
-        half = 1 if hx > 200 else 0  # 3 × 3 cells where the region is wide, else one cell
+        half = 0  # one cell (one tile here) per stroke: strokes never touch
         for dx in (-0.6, -0.2, 0.5):  # two or three separate strokes per region
             if synth.class_names[synth.label_at_um(cy, cx + dx * hx) - 1] != region["class"]:
                 continue  # regions overlap: the stroke would mislabel another class
