@@ -167,15 +167,8 @@ def _layout(seg) -> dict:
     }
 
 
-class _Grid:  # what Annotations.placed reads from a tile grid
-    def __init__(self, layout):
-        self.mpp = layout["mpp"]
-        self.offset_um = layout["offset_um"]
-        self.slide_shape = layout["slide_shape"] or (1e12, 1e12)
-
-
 def _placed(annotations: Annotations, layout) -> Annotations:
-    return annotations.placed(_Grid(layout))
+    return annotations.placed_at(layout["mpp"], layout["offset_um"], layout["slide_shape"])
 
 
 def _cell_classes(annotations: Annotations, layout, names) -> tuple[np.ndarray, np.ndarray]:

@@ -143,17 +143,21 @@ class Annotations:
     def placed(self, grid) -> Annotations:
         """These annotations checked against a tile grid's slide: µm/px and origin taken
         from it; a clear error when their coordinates do not fit that slide."""
-        mpp = float(grid.mpp)
+        return self.placed_at(grid.mpp, grid.offset_um, grid.slide_shape)
+
+    def placed_at(self, mpp: float, offset_um=(0.0, 0.0), slide_shape=None) -> Annotations:
+        """These annotations on a slide of ``mpp`` µm/px, origin ``offset_um`` and level-0
+        ``slide_shape`` (checked when given): a clear error when they were drawn elsewhere."""
+        mpp = float(mpp)
         if self.mpp is not None and abs(self.mpp - mpp) > 1e-3 * mpp:
             raise ValueError(
                 f"The annotations are at {self.mpp:.4g} µm/px but the slide is at {mpp:.4g}: "
                 "they were drawn on another slide (or another level of it)."
             )
-        placed = Annotations(
-            self.regions, mpp, tuple(grid.offset_um), tuple(grid.slide_shape), self.source,
-            self.skipped,
-        )  # fmt: skip
-        placed.check_inside(grid.slide_shape)
+        shape = tuple(slide_shape) if slide_shape else None
+        placed = Annotations(self.regions, mpp, tuple(offset_um), shape, self.source, self.skipped)
+        if shape is not None:
+            placed.check_inside(shape)
         return placed
 
     def check_inside(self, slide_shape) -> None:

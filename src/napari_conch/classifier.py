@@ -125,18 +125,22 @@ class TileClassifier:
                 f"{emb.features.shape[1]} wide."
             )
 
-    def embed(self, features) -> np.ndarray:
-        """Features (N, D) → the unit vectors the classifier reads (N, E)."""
-        x = np.asarray(features, np.float64)
+    def embed(self, features, dtype=np.float64) -> np.ndarray:
+        """Features (N, D) → the unit vectors the classifier reads (N, E), in ``dtype``
+        (float64 for the few examples a fit reads, float32 for a whole slide)."""
+        x = np.asarray(features, dtype)
         if self.projection is not None:
-            x = x @ self.projection.astype(np.float64)
+            x = x @ self.projection.astype(dtype)
             if self.projection_bias is not None:
-                x = x + self.projection_bias
+                x = x + self.projection_bias.astype(dtype)
         return _unit(x)
 
-    def logits(self, features) -> np.ndarray:
-        z = self.embed(features)
-        return self.scale * (z @ self.weights.T.astype(np.float64)) + self.bias
+    def probabilities(self, unit_vectors) -> np.ndarray:
+        """Class probabilities (N, C) float32 of vectors already in the classifier's space
+        (what :meth:`embed` gives; token embeddings for a joint-space classifier)."""
+        z = np.asarray(unit_vectors)
+        cosine = z @ np.asarray(self.weights, z.dtype).T
+        return _softmax(self.scale * cosine.astype(np.float64) + self.bias).astype(np.float32)
 
     def predict_proba(self, features) -> np.ndarray:
         """Class probabilities (N, C) float32; NaN rows for NaN features."""
@@ -144,7 +148,7 @@ class TileClassifier:
         finite = np.isfinite(x).all(axis=1)
         out = np.full((len(x), len(self.class_names)), np.nan, np.float32)
         if finite.any():
-            out[finite] = _softmax(self.logits(x[finite])).astype(np.float32)
+            out[finite] = self.probabilities(self.embed(x[finite]))
         return out
 
     def tile_probabilities(self, emb: Embeddings) -> np.ndarray:
@@ -153,9 +157,7 @@ class TileClassifier:
         same slide (each new annotation) only pays a (N, E) × (E, C) product."""
         key = "tile space " + _space_key(self.projection, self.projection_bias)
         space = emb.derived(key, lambda features: self._space(features, emb.done))
-        # all rows at once (no (N, E) copy): rows not embedded are zeros, then NaN
-        cosine = space @ np.asarray(self.weights, np.float32).T
-        out = _softmax(self.scale * cosine.astype(np.float64) + self.bias).astype(np.float32)
+        out = self.probabilities(space)  # all rows at once: rows not embedded are zeros
         out[~emb.done] = np.nan
         return out
 
@@ -165,13 +167,7 @@ class TileClassifier:
         rows = np.flatnonzero(done)
         for start in range(0, len(rows), 65536):  # bounded temporary memory
             part = rows[start : start + 65536]
-            y = np.asarray(features[part], np.float32)
-            if self.projection is not None:
-                y = y @ self.projection
-                if self.projection_bias is not None:
-                    y = y + self.projection_bias
-            norm = np.linalg.norm(y, axis=1, keepdims=True)
-            x[part] = np.divide(y, norm, out=np.zeros_like(y), where=norm > 0)
+            x[part] = self.embed(features[part], np.float32)
         return x
 
     # -- files --------------------------------------------------------------------------
@@ -529,7 +525,10 @@ def _space_key(projection, bias) -> str:
 
 
 def _unit(x) -> np.ndarray:
-    x = np.asarray(x, np.float64)
+    """Rows of ``x`` at unit length (zero rows stay zero), in ``x``'s float type."""
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 

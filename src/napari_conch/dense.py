@@ -98,12 +98,24 @@ class DenseTokens:
         weights = prompt_set.class_embeddings(model)  # (C, D) unit vectors
         flat = self.embeddings.reshape(-1, self.embeddings.shape[-1]).astype(np.float32)
         probs = softmax_probabilities(flat @ weights.T, model.logit_scale)  # (H·W, C)
-        shown = self.shown
-        probs[~shown.ravel()] = np.nan  # no token looked there, or no tissue: no decision
-        return segmentation_result(
-            probs.T.reshape(len(prompt_set.names), *shown.shape),
+        return self._label_map(
             probs,
             prompt_set,
+            background_index,
+            min_confidence,
+            colors,
+            self._result_metadata(model, "dense_segment"),
+        )
+
+    def _label_map(self, probs, classes, background_index, min_confidence, colors, metadata):
+        """A SegmentationResult from token class probabilities (H·W, C), under the tile
+        map's rules (no token looked there, or no tissue: no decision)."""
+        shown = self.shown
+        probs[~shown.ravel()] = np.nan
+        return segmentation_result(
+            probs.T.reshape(probs.shape[1], *shown.shape),
+            probs,
+            classes,
             background_index,
             min_confidence,
             shown=shown,
@@ -111,7 +123,7 @@ class DenseTokens:
             scale_um=self.lattice.cell_scale_um,
             translate_um=self.lattice.cell_translate_um,
             colors=colors,
-            metadata=self._result_metadata(model, "dense_segment"),
+            metadata=metadata,
         )
 
     def few_shot_segment(
@@ -140,13 +152,6 @@ class DenseTokens:
         if background is not None and background not in names:
             raise ValueError(f"background={background!r} is not a class of this classifier.")
         flat = self.embeddings.reshape(-1, self.embeddings.shape[-1]).astype(np.float32)
-        cosine = flat @ np.asarray(classifier.weights, np.float32).T
-        logits = classifier.scale * cosine.astype(np.float64) + classifier.bias
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-        shown = self.shown
-        probs[~shown.ravel()] = np.nan
         metadata = Provenance.from_metadata(self.metadata)
         metadata = replace(
             metadata,
@@ -154,18 +159,13 @@ class DenseTokens:
             analysis="dense_few_shot_segment",
             details={**metadata.details, "classifier": classifier.record()},
         ).to_metadata()
-        result = segmentation_result(
-            probs.T.reshape(len(names), *shown.shape),
-            probs,
+        result = self._label_map(
+            classifier.probabilities(flat),
             names,
             None if background is None else names.index(background),
             min_confidence,
-            shown=shown,
-            tissue_mm2=self.lattice.cell_tissue_fraction * self.lattice.cell_area_mm2,
-            scale_um=self.lattice.cell_scale_um,
-            translate_um=self.lattice.cell_translate_um,
-            colors=colors,
-            metadata=metadata,
+            colors,
+            metadata,
         )
         result.metadata["prompts"] = classifier.details.get("prompts")
         return result
