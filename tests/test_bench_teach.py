@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_teach_benchmark_small_run_reports_every_figure(tmp_path):
     out = tmp_path / "teach.json"
-    args = ["--tiles", "3000", "--tiny", "--regions", "1", "--slides", "1", "--slide-px", "2048"]
+    args = ["--tiles", "3000", "--tiny", "--regions", "1", "--slides", "1", "--slide-px", "3072"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "teach.py"), *args, "--output", str(out)],
         capture_output=True,
